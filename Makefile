@@ -1,0 +1,26 @@
+# make train: set up what is missing, then train on the embedded synthetic dataset (python -m mss.train)
+# make test:  set up what is missing, then run the default test suite (slow tests excluded)
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.mss-setup
+ARGS  ?=
+
+.PHONY: setup train test test-all clean
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	touch $@
+
+setup: $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m mss.train $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) logs outputs multirun .pytest_cache

@@ -1,0 +1,120 @@
+"""Audio file I/O through soundfile, with channel conversion and resampling on load.
+
+Waveforms are float32 tensors shaped ``(C, T)`` (channels, samples).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from mss.utils import atomic_write
+
+
+class AudioError(ValueError):
+    """An audio file is missing, unreadable or not in the expected format."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: Path
+    sample_rate: int
+    channels: int
+    frames: int
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Header information of an audio file, with a clear error when it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file not found")
+    try:
+        info = sf.info(str(path))
+    except Exception as err:  # soundfile raises LibsndfileError / RuntimeError for corrupt files
+        raise AudioError(f"{path}: cannot read audio header ({err}); expected a WAV/FLAC/OGG file") from err
+    if info.frames <= 0:
+        raise AudioError(f"{path}: audio file holds no samples")
+    return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames))
+
+
+def convert_channels(wav: torch.Tensor, channels: int) -> torch.Tensor:
+    """Convert ``(C, T)`` to ``channels`` channels: mono is repeated, more channels are averaged down to mono or
+    truncated to stereo (the MUSDB convention)."""
+    have = wav.shape[0]
+    if have == channels:
+        return wav
+    if have == 1:
+        return wav.expand(channels, -1).clone()
+    if channels == 1:
+        return wav.mean(dim=0, keepdim=True)
+    if have > channels:
+        return wav[:channels]
+    raise AudioError(f"cannot convert {have} channels to {channels}")
+
+
+def resample(wav: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
+    """Band-limited sinc resampling (julius) of ``(..., T)``."""
+    if from_rate == to_rate:
+        return wav
+    import julius
+
+    return julius.resample_frac(wav, int(from_rate), int(to_rate))
+
+
+def load_audio(
+    path: str | os.PathLike,
+    *,
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    start: int = 0,
+    frames: int = -1,
+    convert: bool = True,
+) -> torch.Tensor:
+    """Read ``(C, T)`` float32 audio.
+
+    ``start``/``frames`` select an excerpt in the file's own sample rate. When ``sample_rate``/``channels`` differ
+    from the file, the audio is resampled / channel-converted with a warning if ``convert`` is true, otherwise an
+    :class:`AudioError` names the file and what was expected.
+    """
+    info = audio_info(path)
+    for what, want, have in (("sample rate", sample_rate, info.sample_rate), ("channels", channels, info.channels)):
+        if want is not None and want != have and not convert:
+            raise AudioError(f"{path}: {what} is {have}, expected {want}")
+    try:
+        data, _ = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
+    except Exception as err:
+        raise AudioError(f"{path}: cannot decode audio ({err})") from err
+    wav = torch.from_numpy(np.ascontiguousarray(data.T))
+    if channels is not None and info.channels != channels:
+        warnings.warn(f"{path}: converting {info.channels} channel(s) to {channels}", stacklevel=2)
+        wav = convert_channels(wav, channels)
+    if sample_rate is not None and info.sample_rate != sample_rate:
+        warnings.warn(f"{path}: resampling {info.sample_rate} Hz to {sample_rate} Hz", stacklevel=2)
+        wav = resample(wav, info.sample_rate, sample_rate)
+    return wav
+
+
+def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
+    """Atomically write ``(C, T)`` audio (format from the suffix: .wav or .flac). Values are clipped to [-1, 1]
+    for integer subtypes."""
+    path = Path(path)
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().to("cpu", torch.float32).numpy()
+    if wav.ndim != 2:
+        raise AudioError(f"{path}: expected a (channels, samples) array, got shape {wav.shape}")
+    data = wav.T
+    if subtype != "FLOAT":
+        data = np.clip(data, -1.0, 1.0)
+    fmt = {".wav": "WAV", ".flac": "FLAC"}.get(path.suffix.lower())
+    if fmt is None:
+        raise AudioError(f"{path}: unsupported output format {path.suffix!r}; use .wav or .flac")
+    if fmt == "FLAC" and subtype == "FLOAT":
+        subtype = "PCM_24"
+    atomic_write(path, lambda tmp: sf.write(tmp, data, int(sample_rate), subtype=subtype, format=fmt))
+    return path

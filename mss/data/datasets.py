@@ -1,0 +1,67 @@
+"""Torch datasets over :class:`~mss.data.tracks.Track` lists.
+
+- :class:`SegmentDataset`: random training excerpts, stems ``(S, C, T)``; with ``remix`` each source comes from an
+  independently drawn track and offset (new mixtures that never existed).
+- :class:`TrackDataset`: whole tracks for validation/test: ``{"name", "mixture": (C, T), "stems": (S, C, T)}``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from mss.data.tracks import Track
+
+
+def _pad_to(wav: torch.Tensor, length: int) -> torch.Tensor:
+    return wav if wav.shape[-1] >= length else torch.nn.functional.pad(wav, (0, length - wav.shape[-1]))
+
+
+class SegmentDataset(Dataset):
+    """``samples_per_epoch`` random excerpts of ``segment`` samples. Item ``i`` without remix reads track
+    ``i % len(tracks)`` (every track is seen equally often); the offset (and, with remix, the track of each source)
+    is random. Randomness comes from torch's generator, which Lightning seeds per worker."""
+
+    def __init__(self, tracks: list[Track], sources: list[str], *, segment: int, samples_per_epoch: int,
+                 channels: int, sample_rate: int, remix: bool = False, convert: bool = False):
+        if not tracks:
+            raise ValueError("SegmentDataset: no training tracks")
+        self.tracks, self.sources, self.segment = tracks, list(sources), int(segment)
+        self.samples_per_epoch, self.remix = int(samples_per_epoch), remix
+        self.load_kw = dict(channels=channels, sample_rate=sample_rate, convert=convert)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def _excerpt(self, track: Track, source: str) -> torch.Tensor:
+        start = int(torch.randint(0, max(1, track.length - self.segment + 1), ()).item())
+        wav = track.read_source(source, start=start, frames=self.segment, **self.load_kw)
+        return _pad_to(wav[..., : self.segment], self.segment)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """Stems ``(S, C, T)`` with T = segment."""
+        if self.remix:
+            picks = torch.randint(0, len(self.tracks), (len(self.sources),)).tolist()
+            return torch.stack([self._excerpt(self.tracks[t], s) for t, s in zip(picks, self.sources)])
+        track = self.tracks[index % len(self.tracks)]
+        start = int(torch.randint(0, max(1, track.length - self.segment + 1), ()).item())
+        return torch.stack([_pad_to(track.read_source(s, start=start, frames=self.segment, **self.load_kw),
+                                    self.segment) for s in self.sources])
+
+
+class TrackDataset(Dataset):
+    """Whole tracks: ``{"name": str, "mixture": (C, T), "stems": (S, C, T)}``."""
+
+    def __init__(self, tracks: list[Track], sources: list[str], *, channels: int, sample_rate: int,
+                 convert: bool = False):
+        self.tracks, self.sources = tracks, list(sources)
+        self.load_kw = dict(channels=channels, sample_rate=sample_rate, convert=convert)
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __getitem__(self, index: int) -> dict:
+        track = self.tracks[index]
+        stems = torch.stack([track.read_source(s, **self.load_kw) for s in self.sources])
+        return {"name": track.name, "mixture": track.read_mixture(**self.load_kw), "stems": stems}
+

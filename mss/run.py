@@ -1,0 +1,37 @@
+"""Run-directory bookkeeping shared by the entry points: resolved config, Rich config tree, git SHA."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from mss.utils import atomic_write_text, git_revision
+
+log = logging.getLogger("mss")
+
+
+def config_tree(cfg: DictConfig) -> str:
+    """Render the resolved config as a Rich tree (one branch per top-level node)."""
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    for key, value in cfg.items():
+        text = OmegaConf.to_yaml(value, resolve=True) if OmegaConf.is_config(value) else str(value)
+        tree.add(str(key)).add(Syntax(text, "yaml"))
+    console = Console(record=True, width=110)
+    console.print(tree)
+    return console.export_text()
+
+
+def save_run_info(cfg: DictConfig, out_dir: str | Path, print_tree: bool = True) -> None:
+    """Write ``config.yaml`` (resolved), ``config_tree.log`` and ``git_sha.txt`` into the run directory."""
+    out = Path(out_dir)
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(out / "git_sha.txt", git_revision() + "\n")
+    text = config_tree(cfg) if print_tree else ""
+    if text:
+        atomic_write_text(out / "config_tree.log", text)
