@@ -69,7 +69,7 @@ def evaluate(ckpt: str | Path, data_cfg: DictConfig, eval_cfg: DictConfig, out_d
             nsdrs[s].append(value)
         if eval_cfg.save_estimates:
             for s, wav in zip(sources, est):
-                save_audio(out / "estimates" / item["name"] / f"{s}.wav", wav, sr)
+                save_audio(out / "estimates" / item["name"] / f"{s}.wav", wav, sr, subtype="FLOAT")
         args = (refs.transpose(1, 2).numpy(), est.transpose(1, 2).numpy(), sources, item["name"], sr,
                 eval_cfg.win, eval_cfg.hop, out / "museval" / eval_cfg.subset / f"{item['name']}.json")
         jobs.append(pool.submit(_score, *args) if pool else _score(*args))

@@ -23,13 +23,16 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
 def list_inputs(path: str | Path) -> list[Path]:
-    """Audio files of ``path`` (a file, or a folder searched recursively), sorted."""
+    """Audio files of ``path`` (a file, or a folder searched recursively), sorted; in a folder of MUSDB18-HQ-layout
+    tracks only the ``mixture`` files."""
     path = Path(path).expanduser()
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"input={path}: no such file or folder")
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    mixtures = [p for p in files if p.stem == "mixture"]
+    files = mixtures or files  # a MUSDB18-HQ-layout tree: separate the mixtures only
     if not files:
         raise AudioError(f"input={path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
     return files
@@ -37,7 +40,8 @@ def list_inputs(path: str | Path) -> list[Path]:
 
 def separate_file(net: torch.nn.Module, path: Path, out_dir: Path, *, fmt: str = "wav", subtype: str = "PCM_16",
                   device: torch.device | None = None, **apply_kw) -> list[Path]:
-    """Separate one file into ``out_dir/<track>/<source>.<fmt>``; returns the written paths."""
+    """Separate one file into ``out_dir/<track>/<source>.<fmt>`` (``<track>`` is the file name without suffix, or
+    the folder name for a ``mixture`` file); returns the written paths."""
     info = audio_info(path)
     mix = load_audio(path, sample_rate=net.sample_rate, channels=net.audio_channels, convert=True)
     est = apply_model(net, mix, device=device, progress=True, **apply_kw).cpu()  # (S, C, T)
@@ -46,7 +50,7 @@ def separate_file(net: torch.nn.Module, path: Path, out_dir: Path, *, fmt: str =
     if info.sample_rate != net.sample_rate:
         est = resample(est, net.sample_rate, info.sample_rate)
     est = torch.nn.functional.pad(est, (0, max(0, info.frames - est.shape[-1])))[..., : info.frames]
-    name = path.name.split(".")[0] if path.name.endswith(".stem.mp4") else path.stem
+    name = path.parent.name if path.stem == "mixture" else path.stem
     return [save_audio(out_dir / name / f"{source}.{fmt}", wav, info.sample_rate, subtype=subtype)
             for source, wav in zip(net.sources, est)]
 

@@ -39,8 +39,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate datamodule, module, callbacks, loggers and trainer from a composed config."""
     datamodule = instantiate(cfg.data, _convert_="all")
     augment = instantiate(cfg.augment) if cfg.get("augment") else None
-    module = instantiate(cfg.module, net=build_model(cfg.model), augment=augment, mss_config=checkpoint_config(cfg),
-                         _convert_="partial")
+    module = instantiate(cfg.module, net=build_model(cfg.model), augment=augment, _convert_="partial")
+    module.mss_config = checkpoint_config(cfg)  # set after instantiate: Hydra would build its nested _target_s
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

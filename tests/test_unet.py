@@ -10,7 +10,12 @@ from torch import nn
 from mss.audio.spectral import istft, stft
 from mss.models.unet import SpleeterUNet, UNet2d, _tf_same_pad
 
-SMALL = dict(n_fft=256, hop_length=64, freq_bins=64, frames=64, filters=(4, 4, 8, 8, 16, 16))
+SMALL = {"n_fft": 256, "hop_length": 64, "freq_bins": 64, "frames": 64, "filters": (4, 4, 8, 8, 16, 16)}
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(1234)
 
 
 def _small(sources: tuple[str, ...] = ("vocals", "drums"), **kwargs) -> SpleeterUNet:
@@ -22,7 +27,7 @@ def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-# ---------------------------------------------------------------------------------------------- parameter counts
+# ------------------------------------------------------------ parameter counts
 def test_exact_parameter_count_per_source() -> None:
     model = SpleeterUNet(["vocals"])
     assert _count(model) == 9_823_749
@@ -42,7 +47,8 @@ def test_exact_parameter_count_4stems_and_16khz() -> None:
     # 2stems config (LeakyReLU / ReLU) and 5stems softmax have the same per-source count
     assert _count(SpleeterUNet(["vocals", "accompaniment"], conv_activation="leaky_relu",
                                deconv_activation="relu")) == 2 * 9_823_749
-    assert _count(SpleeterUNet(["vocals", "piano", "drums", "bass", "other"], mask="softmax")) == 5 * 9_823_749
+    five = SpleeterUNet(["vocals", "piano", "drums", "bass", "other"], mask="softmax")
+    assert _count(five) == 5 * 9_823_749
 
 
 def test_mono_parameter_count() -> None:
@@ -78,6 +84,7 @@ def test_tf_same_padding() -> None:
 
 def test_spleeter_feature_map_shapes() -> None:
     """Encoder/decoder shapes of Spleeter's table (scaled down 8x spatially to stay fast)."""
+    torch.manual_seed(0)
     unet = SpleeterUNet(["vocals"]).unets["vocals"].eval()
     shapes: list[tuple[int, ...]] = []
     hooks = [m.register_forward_hook(lambda _m, _i, o: shapes.append(tuple(o.shape)))
@@ -86,11 +93,12 @@ def test_spleeter_feature_map_shapes() -> None:
         out = unet(torch.rand(1, 2, 1024 // 8, 512 // 8))
     for h in hooks:
         h.remove()
-    assert shapes == [(1, k, 128 // 2 ** i, 64 // 2 ** i) for i, k in enumerate([16, 32, 64, 128, 256, 512], 1)]
-    assert out.shape == (1, 2, 128, 64) and ((out > 0) & (out < 1)).all()
+    filters = [16, 32, 64, 128, 256, 512]
+    assert shapes == [(1, k, 128 // 2**i, 64 // 2**i) for i, k in enumerate(filters, 1)]
+    assert out.shape == (1, 2, 128, 64) and ((out >= 0) & (out <= 1)).all()  # sigmoid mask
 
 
-# ---------------------------------------------------------------------------------------------- wiring
+# ------------------------------------------------------------ wiring
 def test_skip_and_bottleneck_wiring() -> None:
     """Decoder gets the raw conv6 output; skips are raw conv outputs (before BN/activation); BN6 unused."""
     unet = _small().unets["vocals"].eval()
@@ -122,7 +130,7 @@ def test_unet_depth_and_input_divisibility() -> None:
     assert unet(torch.rand(2, 1, 16, 24)).shape == (2, 1, 16, 24)
 
 
-# ---------------------------------------------------------------------------------------------- forward contract
+# ------------------------------------------------------------ forward contract
 @pytest.mark.parametrize("length", [1, 777, 4096 + 33, 12345])
 def test_output_shape_and_length(length: int) -> None:
     model = _small(("a", "b", "c")).eval()
@@ -135,8 +143,9 @@ def test_model_attributes() -> None:
     model = SpleeterUNet(["vocals", "accompaniment"])
     assert model.sources == ["vocals", "accompaniment"]
     assert (model.audio_channels, model.sample_rate) == (2, 44100)
-    assert model.segment_length == 512 * 1024
-    assert abs(model.segment_length / model.sample_rate - 11.89) < 0.01
+    assert model.segment_length == 511 * 1024  # exactly 512 STFT frames (center=True)
+    assert model.spectrogram(torch.zeros(1, 2, model.segment_length)).shape[-1] == 512
+    assert abs(model.segment_length / model.sample_rate - 11.87) < 0.01
 
 
 def test_sigmoid_and_softmax_estimates() -> None:
@@ -196,7 +205,7 @@ def test_mono() -> None:
         assert model(torch.randn(3, 1, 2000)).shape == (3, 2, 1, 2000)
 
 
-# ---------------------------------------------------------------------------------------------- training / eval
+# ------------------------------------------------------------ training / eval
 def test_gradients_flow() -> None:
     model = _small().train()
     mix = torch.randn(2, 2, 6000)
@@ -242,15 +251,15 @@ def test_state_dict_roundtrip() -> None:
         torch.testing.assert_close(clone(mix), model(mix), rtol=0, atol=0)
 
 
-# ---------------------------------------------------------------------------------------------- validation
+# ------------------------------------------------------------ validation
 @pytest.mark.parametrize(("kwargs", "match"), [
-    (dict(conv_activation="gelu"), "unknown activation 'gelu'"),
-    (dict(deconv_activation="tanh"), "unknown activation 'tanh'"),
-    (dict(mask="relu"), "unknown mask 'relu'"),
-    (dict(mask_extension="mirror"), "unknown mask_extension 'mirror'"),
-    (dict(freq_bins=130), r"freq_bins=130 must be in \[1, n_fft // 2 \+ 1 = 129\]"),
-    (dict(filters=()), "filters"),
-    (dict(wiener_iterations=-1), "wiener_iterations"),
+    ({"conv_activation": "gelu"}, "unknown activation 'gelu'"),
+    ({"deconv_activation": "tanh"}, "unknown activation 'tanh'"),
+    ({"mask": "relu"}, "unknown mask 'relu'"),
+    ({"mask_extension": "mirror"}, "unknown mask_extension 'mirror'"),
+    ({"freq_bins": 130}, r"freq_bins=130 must be in \[1, n_fft // 2 \+ 1 = 129\]"),
+    ({"filters": ()}, "filters"),
+    ({"wiener_iterations": -1}, "wiener_iterations"),
 ])
 def test_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

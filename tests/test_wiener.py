@@ -94,7 +94,8 @@ def test_estimates_sum_to_mixture(channels: int, softmask: bool) -> None:
 def test_spatial_model_improves_over_ratio_mask() -> None:
     """Sources panned to different directions: EM with oracle magnitudes beats the ratio mask."""
     g = torch.Generator().manual_seed(3)
-    mono = torch.complex(torch.randn(1, 3, 1, 16, 100, generator=g), torch.randn(1, 3, 1, 16, 100, generator=g))
+    shape = (1, 3, 1, 16, 100)
+    mono = torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g))
     pan = torch.tensor([[1.0, 0.1], [0.6, 0.6], [0.1, 1.0]]).view(1, 3, 2, 1, 1)
     src = mono * pan
     mix, targets = src.sum(dim=1), src.abs()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["hann_window", "stft", "istft", "magnitude"]
+__all__ = ["hann_window", "istft", "magnitude", "stft"]
 
 _WINDOWS: dict[tuple[int, str, torch.dtype], Tensor] = {}
 

@@ -88,11 +88,9 @@ class MSSDataModule(L.LightningDataModule):
                            cache_dir=self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.tracks:
-            return
         if not self.root.is_dir():
             raise DatasetError(f"data.root={self.root}: folder not found")
-        if stage in ("fit", "validate", None):
+        if stage in ("fit", "validate", None) and "train" not in self.tracks:
             train = self._find(self.train_subset)
             valid_names = set(read_track_list(self.valid_spec, self.wav_root, [t.name for t in train]))
             self.tracks["train"] = [t for t in train if t.name not in valid_names]
@@ -102,7 +100,7 @@ class MSSDataModule(L.LightningDataModule):
                                    f"the {len(valid_names)} validation tracks")
             if self.segment * self.sample_rate < 1:
                 raise ValueError(f"data.segment={self.segment}: must be positive")
-        if stage in ("test", "predict", None):
+        if stage in ("test", "predict", None) and "test" not in self.tracks:
             self.tracks["test"] = self._find(self.test_subset)
 
     # -- loaders ---------------------------------------------------------------------------------------------

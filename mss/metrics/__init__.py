@@ -7,7 +7,6 @@ cheap and does not need ffmpeg. This package knows nothing about models or Light
 from mss.metrics.museval_eval import (
     METRICS,
     aggregate,
-    atomic_write_text,
     evaluate_track,
     save_track_json,
     track_medians,
@@ -17,7 +16,6 @@ from mss.metrics.sdr import nsdr, si_sdr
 __all__ = [
     "METRICS",
     "aggregate",
-    "atomic_write_text",
     "evaluate_track",
     "nsdr",
     "save_track_json",

@@ -20,7 +20,6 @@ Shape legend: ``S`` sources, ``T`` samples, ``C`` channels (museval's ``(S, T, C
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,13 +27,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from mss.utils import atomic_write_text
+
 if TYPE_CHECKING:  # pragma: no cover
     import museval
 
 __all__ = [
     "METRICS",
     "aggregate",
-    "atomic_write_text",
     "evaluate_track",
     "save_track_json",
     "track_medians",
@@ -111,25 +111,6 @@ def evaluate_track(
         }
         store.add_target(target_name=name, values=values)
     return store
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically: temp file in the same folder, then ``os.replace``.
-
-    Parent folders are created. On error the temp file is removed and ``path`` is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_track_json(store: museval.TrackStore, path: str | os.PathLike) -> Path:

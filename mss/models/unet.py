@@ -1,25 +1,27 @@
-"""Spleeter U-Net (Deezer, 2019/2020) re-implemented in PyTorch, faithful to ``spleeter/model/functions/unet.py``.
+"""Spleeter U-Net (Deezer) in PyTorch, faithful to ``spleeter/model/functions/unet.py``.
 
 Pipeline of :class:`SpleeterUNet` (one independent U-Net per source):
 
-1. STFT of the mixture (periodic Hann, ``n_fft`` 4096 / hop 1024), magnitude of the first ``freq_bins`` bins
-   (no log compression, no normalisation), zero-padded so both image axes divide ``2 ** len(filters)``.
-2. Each source's U-Net sees the magnitude as an image ``(B, C, F, N)`` (audio channels = image channels) and emits
-   a mask: sigmoid (``unet``) or logits soft-maxed across the stacked sources (``softmax_unet``, 5stems); the
-   mask times the input magnitude is the source magnitude estimate ``y_j``.
-3. Ratio masks ``(y_j^p + eps/S) / (sum_k y_k^p + eps)`` (separation exponent ``p``) on the ``freq_bins`` band,
-   extended to all ``n_fft // 2 + 1`` bins with zeros (hard cutoff, e.g. 11 kHz for F=1024) or their frequency
-   average, multiplied with the complex mixture STFT (mixture phase), iSTFT. In eval mode with
+1. STFT of the mixture (periodic Hann, ``n_fft`` 4096 / hop 1024), magnitude of the first ``freq_bins``
+   bins (no log compression, no normalisation), zero-padded so both image axes divide
+   ``2 ** len(filters)``.
+2. Each source's U-Net sees the magnitude as an image ``(B, C, F, N)`` (audio channels = image channels)
+   and emits a mask: sigmoid (``unet``) or logits soft-maxed across the stacked sources (``softmax_unet``,
+   5stems); mask times input magnitude is the source magnitude estimate ``y_j``.
+3. Ratio masks ``(y_j^p + eps/S) / (sum_k y_k^p + eps)`` (separation exponent ``p``) on the ``freq_bins``
+   band, extended to all ``n_fft // 2 + 1`` bins with zeros (hard cutoff, 11 kHz for F=1024) or their
+   frequency average, multiplied with the complex mixture STFT (mixture phase), iSTFT. In eval mode with
    ``wiener_iterations > 0`` a multichannel Wiener filter replaces step 3 (Spleeter ``--mwf``).
 
-U-Net layer quirks kept from Spleeter: TF "same" padding (1 before / 2 after for the stride-2 5x5 convs), skip
-connections taken from the **raw conv outputs** (before BN / activation), decoder fed with the raw ``conv6`` (the
-BN6 + activation branch exists but its output is discarded), decoder order transposed-conv -> activation -> BN,
-dropout 0.5 on the first three decoder blocks, concatenation order ``[skip, decoder]``, 4x4 dilation-2 head, He-uniform
-init with zero biases, Keras BN hyper-parameters (``eps = 1e-3``, momentum 0.99 -> torch ``momentum = 0.01``).
+U-Net quirks kept from Spleeter: TF "same" padding (1 before / 2 after for the stride-2 5x5 convs); skips
+are the **raw conv outputs** (before BN / activation); the decoder is fed the raw ``conv6`` (BN6 +
+activation exist but their output is discarded); decoder order transposed conv -> activation -> BN;
+dropout 0.5 on the first three decoder blocks; concatenation order ``[skip, decoder]``; 4x4 dilation-2
+head; He-uniform init with zero biases; Keras BN hyper-parameters (``eps=1e-3``, momentum 0.99, i.e.
+torch ``momentum=0.01``).
 
 Shape legend: ``B`` batch, ``S`` sources, ``C`` audio channels, ``T`` samples, ``F`` frequency bins,
-``N`` STFT frames, ``K`` feature maps.
+``N`` STFT frames.
 """
 
 from __future__ import annotations
@@ -75,9 +77,9 @@ class UNet2d(nn.Module):
         sigmoid: apply the sigmoid of Spleeter's ``unet``; ``False`` returns logits (``softmax_unet``).
     """
 
-    def __init__(self, channels: int, filters: Sequence[int] = (16, 32, 64, 128, 256, 512), kernel_size: int = 5,
-                 conv_activation: str = "elu", deconv_activation: str = "elu", dropout: float = 0.5,
-                 sigmoid: bool = True) -> None:
+    def __init__(self, channels: int, filters: Sequence[int] = (16, 32, 64, 128, 256, 512),
+                 kernel_size: int = 5, conv_activation: str = "elu", deconv_activation: str = "elu",
+                 dropout: float = 0.5, sigmoid: bool = True) -> None:
         super().__init__()
         depth = len(filters)
         self.kernel_size = kernel_size
@@ -88,9 +90,10 @@ class UNet2d(nn.Module):
         self.enc_bn = nn.ModuleList(nn.BatchNorm2d(o, eps=_BN_EPS, momentum=_BN_MOMENTUM) for o in filters)
         self.enc_act = nn.ModuleList(_activation(conv_activation) for _ in filters)
         outs = [*reversed(filters[:-1]), 1]
-        dec_ins = [filters[-1], *(2 * o for o in outs[:-1])]  # after the first block: [skip, up] concatenation
+        dec_ins = [filters[-1], *(2 * o for o in outs[:-1])]  # from block 2 on: [skip, up] concatenated
         # full transposed-conv output (2n + k - 2) is cropped to 2n as TF "same" does (see _crop_deconv)
-        self.dec_conv = nn.ModuleList(nn.ConvTranspose2d(i, o, kernel_size, stride=2) for i, o in zip(dec_ins, outs))
+        self.dec_conv = nn.ModuleList(
+            nn.ConvTranspose2d(i, o, kernel_size, stride=2) for i, o in zip(dec_ins, outs))
         self.dec_act = nn.ModuleList(_activation(deconv_activation) for _ in outs)
         self.dec_bn = nn.ModuleList(nn.BatchNorm2d(o, eps=_BN_EPS, momentum=_BN_MOMENTUM) for o in outs)
         self.dec_drop = nn.ModuleList(
@@ -108,7 +111,7 @@ class UNet2d(nn.Module):
                 m.reset_parameters()
 
     def _crop_deconv(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        """Crop a full stride-2 transposed-conv output ``(.., 2n + k - 2, ..)`` to ``size = 2n`` like TF "same".
+        """Crop a full stride-2 transposed-conv output (``2n + k - 2`` per axis) to ``2n`` like TF "same".
 
         TF drops ``(k - 2) // 2`` rows first and the rest at the end (k=5: 1 before, 2 after).
         """
@@ -126,7 +129,8 @@ class UNet2d(nn.Module):
         pad_f, pad_n = (_tf_same_pad(s, self.kernel_size, 2) for s in x.shape[-2:])
         x = self.enc_conv[-1](F_.pad(x, (*pad_n, *pad_f)))  # raw conv6 = bottleneck (BN6 + act discarded)
 
-        for i, (deconv, act, bn, drop) in enumerate(zip(self.dec_conv, self.dec_act, self.dec_bn, self.dec_drop)):
+        blocks = zip(self.dec_conv, self.dec_act, self.dec_bn, self.dec_drop)
+        for i, (deconv, act, bn, drop) in enumerate(blocks):
             size = (2 * x.shape[-2], 2 * x.shape[-1])
             x = drop(bn(act(self._crop_deconv(deconv(x), size))))
             if i < len(skips):
@@ -150,12 +154,13 @@ class SpleeterUNet(nn.Module):
     * the whole input is processed as one spectrogram image, zero-padded at the end to a multiple of
       ``2 ** len(filters)`` frames (Spleeter pads to a multiple of ``frames`` and batches 512-frame segments;
       long-track chunking is left to the framework's overlap-add inference with :attr:`segment_length`);
-      ``freq_bins`` not divisible by ``2 ** len(filters)`` is zero-padded likewise (never the case for 1024/1536);
-    * STFT uses ``center=True`` with zero padding and an exact iSTFT instead of Spleeter's 4096-sample pre-pad and
-      2/3 window compensation;
-    * BN6's forward pass is skipped (its output is discarded in Spleeter anyway; its running statistics stay at
-      their initial values). BN6's gamma/beta therefore never receive gradients, exactly as in Spleeter; under
-      DDP use ``find_unused_parameters=True``.
+      ``freq_bins`` not divisible by ``2 ** len(filters)`` is zero-padded likewise (never the case for
+      1024/1536);
+    * STFT uses ``center=True`` with zero padding and an exact iSTFT instead of Spleeter's 4096-sample
+      pre-pad and 2/3 window compensation;
+    * BN6's forward pass is skipped (its output is discarded in Spleeter anyway; its running statistics
+      stay at their initial values). BN6's gamma/beta therefore never receive gradients, exactly as in
+      Spleeter; under DDP use ``find_unused_parameters=True``.
 
     Args:
         sources: source names ``S``, one U-Net each.
@@ -192,7 +197,7 @@ class SpleeterUNet(nn.Module):
         if not filters or any(int(f) < 1 for f in filters):
             raise ValueError(f"filters must be a non-empty sequence of positive ints, got {filters}")
         if kernel_size < 2:
-            raise ValueError(f"kernel_size must be >= 2 (stride-2 transposed convs must double sizes), got {kernel_size}")
+            raise ValueError(f"kernel_size must be >= 2 (to double sizes when upsampling), got {kernel_size}")
         for name in (conv_activation, deconv_activation):
             if name not in _ACTIVATIONS:
                 raise ValueError(f"unknown activation {name!r}; expected one of {_ACTIVATIONS}")
@@ -210,7 +215,7 @@ class SpleeterUNet(nn.Module):
         self.hop_length = hop_length
         self.freq_bins = freq_bins
         self.frames = frames
-        self.segment_length = frames * hop_length
+        self.segment_length = (frames - 1) * hop_length  # exactly `frames` STFT frames with center=True
         self.mask = mask
         self.separation_exponent = separation_exponent
         self.mask_extension = mask_extension
@@ -259,8 +264,8 @@ class SpleeterUNet(nn.Module):
     def extend_mask(self, mask: Tensor) -> Tensor:
         """Extend ``(B, S, C, freq_bins, N)`` masks to ``(B, S, C, n_fft // 2 + 1, N)``.
 
-        ``zeros``: bins above ``freq_bins`` are zero (hard cutoff); ``average``: they take the mask's mean over
-        frequency (per source, channel and frame).
+        ``zeros``: bins above ``freq_bins`` are zero (hard cutoff); ``average``: they take the mask's mean
+        over frequency (per source, channel and frame).
         """
         extra = self.n_fft // 2 + 1 - self.freq_bins
         if extra == 0:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mss.metrics.museval_eval import atomic_write_text
+from mss.utils import atomic_write_text
 
 __all__ = ["CONVENTION_NOTE", "print_table", "results_table", "to_markdown", "write_results"]
 

@@ -1,10 +1,11 @@
 """Multichannel Wiener filtering by expectation-maximisation (norbert / Open-Unmix semantics).
 
-Given non-negative magnitude estimates ``|y_j|`` of ``S`` sources and the complex mixture STFT ``x``, the filter
-fits a local Gaussian model per source -- a time-frequency power ``v_j(f, t)`` and a time-invariant spatial
-covariance ``R_j(f)`` per Wiener window -- and returns the posterior means ``y_j = v_j R_j C_xx^-1 x`` with
-``C_xx = sum_j v_j R_j``. It is differentiable and has no parameters, so it can post-process any
-spectrogram model (Spleeter ``--mwf``, Open-Unmix ``niter``) or sit inside a training graph.
+Given non-negative magnitude estimates ``|y_j|`` of ``S`` sources and the complex mixture STFT ``x``, the
+filter fits a local Gaussian model per source -- a time-frequency power ``v_j(f, t)`` and a time-invariant
+spatial covariance ``R_j(f)`` per Wiener window -- and returns the posterior means
+``y_j = v_j R_j C_xx^-1 x`` with ``C_xx = sum_j v_j R_j``. It is differentiable and has no parameters, so
+it can post-process any spectrogram model (Spleeter ``--mwf``, Open-Unmix ``niter``) or sit inside a
+training graph.
 
 Shape legend: ``B`` batch, ``S`` sources, ``C`` audio channels, ``F`` frequency bins, ``N`` frames.
 """

@@ -1,0 +1,70 @@
+"""Shared fixtures: a small synthetic dataset generated once per session, and the real Hydra configs composed and
+shrunk in one place (tiny U-Net, short segments) so every test runs the real code paths quickly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+# A tiny U-Net (same architecture, fewer filters, small STFT) and short training: seconds per run on 2 cores.
+TINY_MODEL = [
+    "model.filters=[4,8,8,8,8,8]",
+    "model.n_fft=512",
+    "model.hop_length=128",
+    "model.freq_bins=128",
+    "model.frames=128",
+]
+TINY_TRAIN = TINY_MODEL + [
+    "module.loss.n_fft=512",
+    "module.loss.hop_length=128",
+    "data.segment=1.0",
+    "data.batch_size=2",
+    "data.samples_per_epoch=4",
+    "data.num_workers=0",
+    "trainer.max_epochs=1",
+    "evaluation.batch_size=8",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+]
+
+SYNTH = dict(n_train=3, n_valid=1, n_test=2, duration=5.0, seed=7)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """MUSDB18-HQ-layout synthetic dataset (4 stems) shared by the session; treat as read-only."""
+    from mss.data.synth import generate
+
+    return generate(tmp_path_factory.mktemp("data") / "synth", **SYNTH)
+
+
+@pytest.fixture(scope="session")
+def synth_stems_root(tmp_path_factory) -> Path:
+    """The same kind of dataset, also written as MUSDB18 .stem.mp4 files (needs ffmpeg)."""
+    import shutil
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed (scripts/setup.sh installs it)")
+    from mss.data.synth import generate
+
+    return generate(tmp_path_factory.mktemp("data") / "synth_stems", **{**SYNTH, "n_train": 2, "n_test": 1},
+                    stems_mp4=True) / "stems"
+
+
+def compose_cfg(config_name: str = "train", overrides: list[str] | None = None):
+    """Compose a config from the real conf/ tree (no Hydra run: paths.output_dir must be overridden)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides or [])
+
+
+@pytest.fixture
+def train_overrides(synth_root, tmp_path) -> list[str]:
+    """Overrides that point a train config at the session dataset and at this test's own folders."""
+    return [f"data.root={synth_root}", "data.synth=null", f"paths.output_dir={tmp_path / 'run'}",
+            f"paths.cache_dir={tmp_path / 'cache'}"] + TINY_TRAIN

@@ -1,0 +1,191 @@
+"""Loaders on generated data (MUSDB18-HQ wav folders and MUSDB18 stems), splits, remix, metadata cache, and clear
+errors on bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from scipy.signal import correlate
+
+from mss.audio.io import AudioError, load_audio
+from mss.data.datamodule import MSSDataModule
+from mss.data.tracks import DatasetError, find_tracks
+
+SOURCES = ["drums", "bass", "other", "vocals"]
+
+
+def make_dm(root, tmp_path, **kw) -> MSSDataModule:
+    args = dict(root=str(root), sources=SOURCES, valid_tracks="valid_tracks.txt", segment=0.5, batch_size=2,
+                samples_per_epoch=6, cache_dir=str(tmp_path / "cache"))
+    return MSSDataModule(**{**args, **kw})
+
+
+def copy_dataset(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_hq_loader_splits_and_batches(synth_root, tmp_path):
+    dm = make_dm(synth_root, tmp_path)
+    dm.prepare_data()
+    dm.setup("fit")
+    valid_names = (synth_root / "valid_tracks.txt").read_text().split()
+    assert [t.name for t in dm.tracks["valid"]] == valid_names
+    assert not {t.name for t in dm.tracks["train"]} & set(valid_names)
+    assert len(dm.tracks["train"]) == 3
+    stems = next(iter(dm.train_dataloader()))
+    assert stems.shape == (2, 4, 2, round(0.5 * 44100)) and stems.dtype == torch.float32
+    item = next(iter(dm.val_dataloader()))
+    track = dm.tracks["valid"][0]
+    assert item["mixture"].shape == (1, 2, track.length) and item["stems"].shape == (1, 4, 2, track.length)
+    # the synthetic mixture is exactly the sum of its stems
+    torch.testing.assert_close(item["stems"].sum(1), item["mixture"], atol=1e-6, rtol=0)
+    dm.setup("test")
+    assert len(dm.test_dataloader().dataset) == 2
+
+
+def test_remix_draws_sources_from_different_tracks(synth_root, tmp_path):
+    torch.manual_seed(0)
+    dm = make_dm(synth_root, tmp_path, remix=True, samples_per_epoch=32)
+    dm.setup("fit")
+    ds = dm.train_dataloader().dataset
+    calls = []
+    original = type(dm.tracks["train"][0]).read_source
+
+    def spy(self, source, **kw):
+        calls.append((self.name, source))
+        return original(self, source, **kw)
+
+    type(dm.tracks["train"][0]).read_source = spy
+    try:
+        for i in range(8):
+            assert ds[i].shape == (4, 2, round(0.5 * 44100))
+    finally:
+        type(dm.tracks["train"][0]).read_source = original
+    examples = [calls[i:i + 4] for i in range(0, len(calls), 4)]
+    assert any(len({name for name, _ in ex}) > 1 for ex in examples)
+
+
+def test_metadata_cached_and_keyed_by_listing(synth_root, tmp_path):
+    root = copy_dataset(synth_root, tmp_path / "data")
+    cache = tmp_path / "cache"
+    tracks = find_tracks(root / "train", SOURCES, sample_rate=44100, channels=2, cache_dir=cache)
+    files = list((cache / "metadata").glob("*.json"))
+    assert len(files) == 1
+    assert all(t.std > 0 and t.length == 5 * 44100 for t in tracks)
+    mix = load_audio(root / "train" / tracks[0].name / "mixture.wav").mean(0)
+    assert tracks[0].mean == pytest.approx(float(mix.mean()), abs=1e-6)
+    assert tracks[0].std == pytest.approx(float(mix.std()), rel=1e-4)
+    # same listing: cache hit, same result; a changed file: a new key
+    assert find_tracks(root / "train", SOURCES, sample_rate=44100, channels=2, cache_dir=cache) == tracks
+    target = root / "train" / tracks[0].name / "vocals.wav"
+    data, sr = sf.read(target, dtype="int16")
+    sf.write(target, data // 2, sr, subtype="PCM_16")
+    find_tracks(root / "train", SOURCES, sample_rate=44100, channels=2, cache_dir=cache)
+    assert len(list((cache / "metadata").glob("*.json"))) == 2
+
+
+def test_aggregate_source_accompaniment(synth_root, tmp_path):
+    dm = make_dm(synth_root, tmp_path, sources=["vocals", "accompaniment"],
+                 aggregates={"accompaniment": ["drums", "bass", "other"]})
+    dm.setup("test")
+    item = dm.test_dataloader().dataset[0]
+    track = dm.tracks["test"][0]
+    assert track.sources["accompaniment"] == tuple(str(synth_root / "test" / track.name / f"{s}.wav")
+                                                   for s in ("drums", "bass", "other"))
+    parts = sum(load_audio(f) for f in track.sources["accompaniment"])
+    torch.testing.assert_close(item["stems"][1], parts)
+
+
+def test_stems_loader_matches_wav_layout(synth_stems_root, tmp_path):
+    dm = MSSDataModule(root=str(synth_stems_root), sources=SOURCES, format="stems", valid_tracks="valid_tracks.txt",
+                       segment=0.5, batch_size=1, cache_dir=str(tmp_path / "cache"))
+    dm.prepare_data()
+    dm.setup(None)
+    assert len(dm.tracks["train"]) == 2 and len(dm.tracks["valid"]) == 1 and len(dm.tracks["test"]) == 1
+    decoded = dm.wav_root
+    assert (decoded / "test" / dm.tracks["test"][0].name / "vocals.wav").is_file()
+    # the HQ twin of the stems file: decoded AAC is close to the original stem
+    hq = synth_stems_root.parent / "test" / dm.tracks["test"][0].name
+    for source in SOURCES:
+        a = load_audio(hq / f"{source}.wav").mean(0).numpy()
+        b = dm.test_dataloader().dataset[0]["stems"][SOURCES.index(source)].mean(0).numpy()
+        assert abs(len(a) - len(b)) < 4096
+        n = min(len(a), len(b))
+        xcorr = correlate(b[:n], a[:n], mode="full", method="fft")[n - 1 - 4096: n - 1 + 4096]  # AAC delay
+        corr = xcorr.max() / np.sqrt((a[:n] ** 2).sum() * (b[:n] ** 2).sum())
+        assert corr > 0.9, (source, corr)
+    # decoded once: a second prepare_data reuses the cache
+    stamp = (decoded / "test").stat().st_mtime_ns
+    dm.prepare_data()
+    assert (decoded / "test").stat().st_mtime_ns == stamp
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bad inputs give clear errors naming the file / key
+
+
+def first_track(root):
+    return sorted((root / "train").iterdir())[0]
+
+
+def test_missing_stem_file(synth_root, tmp_path):
+    root = copy_dataset(synth_root, tmp_path / "data")
+    (first_track(root) / "bass.wav").unlink()
+    with pytest.raises(DatasetError, match=r"bass\.wav: missing stem file for source 'bass'"):
+        make_dm(root, tmp_path).setup("fit")
+
+
+def test_corrupt_wav(synth_root, tmp_path):
+    root = copy_dataset(synth_root, tmp_path / "data")
+    bad = first_track(root) / "drums.wav"
+    bad.write_bytes(b"RIFF\x00\x00not really a wave file")
+    with pytest.raises(AudioError, match=r"drums\.wav: cannot read audio header"):
+        make_dm(root, tmp_path).setup("fit")
+
+
+def test_wrong_sample_rate(synth_root, tmp_path):
+    root = copy_dataset(synth_root, tmp_path / "data")
+    path = first_track(root) / "other.wav"
+    data, _ = sf.read(path, dtype="int16")
+    sf.write(path, data, 22050, subtype="PCM_16")
+    with pytest.raises(AudioError, match=r"other\.wav: sample rate is 22050 Hz, expected data.sample_rate=44100"):
+        make_dm(root, tmp_path).setup("fit")
+
+
+def test_mono_file(synth_root, tmp_path):
+    root = copy_dataset(synth_root, tmp_path / "data")
+    path = first_track(root) / "vocals.wav"
+    data, sr = sf.read(path, dtype="int16")
+    sf.write(path, data[:, 0], sr, subtype="PCM_16")
+    with pytest.raises(AudioError, match=r"vocals\.wav: has 1 channel\(s\), expected data.channels=2"):
+        make_dm(root, tmp_path).setup("fit")
+    # with data.convert=true the mono stem is converted with a warning instead
+    with pytest.warns(UserWarning, match="converting 1 channel"):
+        dm = make_dm(root, tmp_path, convert=True)
+        dm.setup("fit")
+        assert dm.tracks["train"][0].name == path.parent.name
+        assert dm.train_dataloader().dataset[0].shape == (4, 2, round(0.5 * 44100))
+
+
+def test_empty_dataset_dir(tmp_path):
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"no track folders; expected .*<track>/\{mixture,drums"):
+        make_dm(tmp_path / "empty", tmp_path).setup("fit")
+    with pytest.raises(DatasetError, match="folder not found"):
+        make_dm(tmp_path / "nowhere", tmp_path).setup("fit")
+
+
+def test_unknown_validation_track(synth_root, tmp_path):
+    with pytest.raises(DatasetError, match=r"data.valid_tracks: 1 validation track\(s\) not found"):
+        make_dm(synth_root, tmp_path, valid_tracks=["no-such-song"]).setup("fit")
+
+
+def test_official_musdb_validation_list_is_used(synth_root, tmp_path):
+    # the synthetic tracks are not MUSDB's, so the official list must be reported as missing, by name
+    with pytest.raises(DatasetError, match="Actions - One Minute Smile"):
+        make_dm(synth_root, tmp_path, valid_tracks="musdb").setup("fit")
