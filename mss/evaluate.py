@@ -35,8 +35,8 @@ def _score(references, estimates, sources, name, sample_rate, win, hop, json_pat
 
 
 def evaluate(ckpt: str | Path, data_cfg: DictConfig, eval_cfg: DictConfig, out_dir: str | Path) -> pd.DataFrame:
-    """Separate and score every track of ``data_cfg``'s ``eval_cfg.subset`` split; returns the results table
-    (rows: sources + mean)."""
+    """Separate and score every track of the ``eval_cfg.subset`` split (test, valid or train) of ``data_cfg``;
+    returns the results table (rows: sources + mean)."""
     out = Path(out_dir)
     stored = read_checkpoint(ckpt)["mss"]
     data_cfg = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
@@ -49,13 +49,13 @@ def evaluate(ckpt: str | Path, data_cfg: DictConfig, eval_cfg: DictConfig, out_d
     device = torch.device(eval_cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net = load_model(ckpt, map_location=device)
     datamodule = instantiate(data_cfg, _convert_="all")
+    if eval_cfg.subset not in ("test", "valid", "train"):
+        raise ValueError(f"evaluation.subset={eval_cfg.subset!r}: expected test, valid or train")
     datamodule.prepare_data()
-    datamodule.setup("test")
-    tracks = datamodule.test_dataloader().dataset
-    if eval_cfg.subset != "test":
-        raise ValueError(f"evaluation.subset={eval_cfg.subset!r}: only the test split is evaluated here")
+    datamodule.setup("test" if eval_cfg.subset == "test" else "fit")
+    tracks = datamodule.track_dataset(eval_cfg.subset)
     if len(tracks) == 0:
-        raise ValueError(f"{datamodule.wav_root}/{datamodule.test_subset}: no tracks to evaluate")
+        raise ValueError(f"{datamodule.wav_root}: no {eval_cfg.subset} tracks to evaluate")
     segment = None if eval_cfg.segment is None else round(eval_cfg.segment * sr)
     nsdrs: dict[str, list[float]] = {s: [] for s in sources}
     pool = ProcessPoolExecutor(eval_cfg.workers) if eval_cfg.workers > 1 else None

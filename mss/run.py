@@ -11,6 +11,23 @@ from mss.utils import atomic_write_text, git_revision
 
 log = logging.getLogger("mss")
 
+# The Hydra configs: top-level conf/ beside the package (what @hydra.main(config_path="../conf") reads).
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+    """Compose a config from ``conf/`` outside a Hydra run (notebooks, tests). ``paths.output_dir`` has no Hydra run
+    directory to interpolate then, so set it among the overrides before resolving."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not CONF_DIR.is_dir():
+        raise FileNotFoundError(f"{CONF_DIR}: Hydra configs not found (install mss editable: pip install -e .)")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+
 
 def config_tree(cfg: DictConfig) -> str:
     """Render the resolved config as a Rich tree (one branch per top-level node)."""

@@ -6,10 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 # A tiny U-Net (same architecture, fewer filters, small STFT) and short training: seconds per run on 2 cores.
 TINY_MODEL = [
@@ -54,13 +50,6 @@ def synth_stems_root(tmp_path_factory) -> Path:
 
     return generate(tmp_path_factory.mktemp("data") / "synth_stems", **{**SYNTH, "n_train": 2, "n_test": 1},
                     stems_mp4=True) / "stems"
-
-
-def compose_cfg(config_name: str = "train", overrides: list[str] | None = None):
-    """Compose a config from the real conf/ tree (no Hydra run: paths.output_dir must be overridden)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides or [])
 
 
 @pytest.fixture

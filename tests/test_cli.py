@@ -32,8 +32,9 @@ def trained(synth_root, tmp_path_factory):
     """One real `python -m mss.train` run (tiny U-Net, 2 epochs) with its test-set evaluation."""
     base = tmp_path_factory.mktemp("cli")
     run_dir = base / "train"
-    run("mss.train", f"hydra.run.dir={run_dir}", f"data.root={synth_root}", "data.synth=null", f"paths.cache_dir={base / 'cache'}",
-        *[o for o in TINY_TRAIN if not o.startswith("trainer.max_epochs")], "trainer.max_epochs=2", cwd=base)
+    run("mss.train", f"hydra.run.dir={run_dir}", f"data.root={synth_root}", "data.synth=null",
+        f"paths.cache_dir={base / 'cache'}", *[o for o in TINY_TRAIN if not o.startswith("trainer.max_epochs")],
+        "trainer.max_epochs=2", cwd=base)
     return base, run_dir
 
 

@@ -16,16 +16,17 @@ from mss.losses import SpectrogramL1, WaveformL1
 from mss.metrics import nsdr
 from mss.models import build_model
 from mss.pretrained import CheckpointError
+from mss.run import CONF_DIR, compose
 from mss.train import train
-from tests.conftest import CONF, TINY_MODEL, compose_cfg
+from tests.conftest import TINY_MODEL
 
-MODELS = sorted(p.stem for p in (Path(CONF) / "model").glob("*.yaml"))
-EXPERIMENTS = sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_config_builds_a_separator(name):
-    cfg = compose_cfg("train", [f"model={name}", "paths.output_dir=unused"])
+    cfg = compose("train", [f"model={name}", "paths.output_dir=unused"])
     net = build_model(cfg.model)
     assert isinstance(net, torch.nn.Module)
     assert list(net.sources) == list(cfg.data.sources)
@@ -37,7 +38,7 @@ def test_every_model_config_builds_a_separator(name):
 
 
 def test_unet_parameter_count_through_config():
-    cfg = compose_cfg("train", ["model=unet", "data.sources=[vocals]", "paths.output_dir=unused"])
+    cfg = compose("train", ["model=unet", "data.sources=[vocals]", "paths.output_dir=unused"])
     net = build_model(cfg.model)
     assert sum(p.numel() for p in net.parameters() if p.requires_grad) == 9_823_749
 
@@ -45,14 +46,13 @@ def test_unet_parameter_count_through_config():
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_one_fast_step(experiment, train_overrides, tmp_path):
     overrides = [f"experiment={experiment}", "debug=fdr"] + train_overrides
-    cfg = compose_cfg("train", overrides)
+    cfg = compose("train", overrides)
     if "piano" in cfg.data.sources:  # the 5-stem recipe needs a dataset with a piano stem: generate one
-        overrides = [o for o in overrides if not o.startswith(("data.root=", "data.synth="))] + [f"data.root={tmp_path / 'synth5'}",
-                                                                                 "data.synth.n_train=2",
-                                                                                 "data.synth.n_test=1",
-                                                                                 "data.synth.duration=4.0"]
-        cfg = compose_cfg("train", overrides)
-    metrics, objects = train(cfg)
+        overrides = [o for o in overrides if not o.startswith(("data.root=", "data.synth="))]
+        overrides += [f"data.root={tmp_path / 'synth5'}", "data.synth.n_train=2", "data.synth.n_test=1",
+                      "data.synth.duration=4.0"]
+        cfg = compose("train", overrides)
+    metrics, _ = train(cfg)
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
     assert "val/nsdr" in metrics
     assert (Path(cfg.paths.output_dir) / "config.yaml").is_file()
@@ -60,13 +60,13 @@ def test_every_experiment_runs_one_fast_step(experiment, train_overrides, tmp_pa
 
 def test_unknown_config_key_is_a_clear_error():
     with pytest.raises(ConfigCompositionException, match="no_such_key"):
-        compose_cfg("train", ["model.no_such_key=1"])
+        compose("train", ["model.no_such_key=1"])
     with pytest.raises(ConfigCompositionException, match="no_such_model"):
-        compose_cfg("train", ["model=no_such_model"])
+        compose("train", ["model=no_such_model"])
 
 
 def tiny_net(sources):
-    cfg = compose_cfg("train", [f"data.sources=[{','.join(sources)}]", "paths.output_dir=unused",
+    cfg = compose("train", [f"data.sources=[{','.join(sources)}]", "paths.output_dir=unused",
                                 "model.dropout=0.0"] + TINY_MODEL)
     return build_model(cfg.model), OmegaConf.to_container(cfg.model, resolve=True)
 
@@ -105,7 +105,7 @@ def test_overfitting_a_toy_batch_lowers_loss_and_raises_sdr(synth_root):
 
 
 def test_checkpoint_round_trip_same_output(train_overrides):
-    cfg = compose_cfg("train", train_overrides + ["test=false", "callbacks=ema"])
+    cfg = compose("train", train_overrides + ["test=false", "callbacks=ema"])
     _, objects = train(cfg)
     ckpt = objects["checkpoint"]
     assert Path(ckpt).name == "best.ckpt" and (Path(ckpt).parent / "last.ckpt").is_file()

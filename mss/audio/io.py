@@ -100,7 +100,8 @@ def load_audio(
     return wav
 
 
-def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
+def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sample_rate: int,
+               subtype: str = "PCM_16") -> Path:
     """Atomically write ``(C, T)`` audio (format from the suffix: .wav or .flac). Values are clipped to [-1, 1]
     for integer subtypes."""
     path = Path(path)

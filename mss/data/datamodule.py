@@ -104,7 +104,10 @@ class MSSDataModule(L.LightningDataModule):
             self.tracks["test"] = self._find(self.test_subset)
 
     # -- loaders ---------------------------------------------------------------------------------------------
-    def _tracks(self, split: str) -> TrackDataset:
+    def track_dataset(self, split: str) -> TrackDataset:
+        """Whole tracks of ``split`` (``train``, ``valid`` or ``test``; call :meth:`setup` first)."""
+        if split not in self.tracks:
+            raise KeyError(f"split {split!r} is not set up; available: {sorted(self.tracks)}")
         return TrackDataset(self.tracks[split], self.sources, channels=self.channels, sample_rate=self.sample_rate,
                             convert=self.convert)
 
@@ -119,7 +122,7 @@ class MSSDataModule(L.LightningDataModule):
         return self._loader(dataset, batch_size=self.batch_size, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._tracks("valid"), batch_size=1)
+        return self._loader(self.track_dataset("valid"), batch_size=1)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._tracks("test"), batch_size=1)
+        return self._loader(self.track_dataset("test"), batch_size=1)

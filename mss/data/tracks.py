@@ -148,8 +148,8 @@ def read_track_list(spec, root: Path, train_names: list[str]) -> list[str]:
     if not spec:
         return []
     if isinstance(spec, str) and spec == "musdb":
-        import yaml
         import musdb
+        import yaml
 
         config = Path(musdb.__file__).parent / "configs" / "mus.yaml"
         names = yaml.safe_load(config.read_text())["validation_tracks"]

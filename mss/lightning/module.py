@@ -9,7 +9,8 @@ checkpoint so :func:`mss.load_model` can rebuild the network with no other input
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch

@@ -41,8 +41,7 @@ __all__ = ["SpleeterUNet", "UNet2d"]
 _ACTIVATIONS = ("leaky_relu", "elu", "relu")
 _MASKS = ("sigmoid", "softmax")
 _EXTENSIONS = ("zeros", "average")
-_BN_EPS = 1e-3  # Keras BatchNormalization defaults (epsilon=1e-3, momentum=0.99)
-_BN_MOMENTUM = 0.01
+_BN_EPS = 1e-3  # Keras BatchNormalization defaults (epsilon=1e-3, momentum=0.99 = torch momentum 0.01)
 
 
 def _activation(name: str) -> nn.Module:
@@ -79,7 +78,7 @@ class UNet2d(nn.Module):
 
     def __init__(self, channels: int, filters: Sequence[int] = (16, 32, 64, 128, 256, 512),
                  kernel_size: int = 5, conv_activation: str = "elu", deconv_activation: str = "elu",
-                 dropout: float = 0.5, sigmoid: bool = True) -> None:
+                 dropout: float = 0.5, sigmoid: bool = True, batchnorm_momentum: float = 0.01) -> None:
         super().__init__()
         depth = len(filters)
         self.kernel_size = kernel_size
@@ -87,7 +86,7 @@ class UNet2d(nn.Module):
         ins = [channels, *filters[:-1]]
         self.enc_conv = nn.ModuleList(nn.Conv2d(i, o, kernel_size, stride=2) for i, o in zip(ins, filters))
         # enc_bn[-1] / enc_act[-1] (BN6 + activation) exist as in Spleeter but their output is discarded
-        self.enc_bn = nn.ModuleList(nn.BatchNorm2d(o, eps=_BN_EPS, momentum=_BN_MOMENTUM) for o in filters)
+        self.enc_bn = nn.ModuleList(nn.BatchNorm2d(o, eps=_BN_EPS, momentum=batchnorm_momentum) for o in filters)
         self.enc_act = nn.ModuleList(_activation(conv_activation) for _ in filters)
         outs = [*reversed(filters[:-1]), 1]
         dec_ins = [filters[-1], *(2 * o for o in outs[:-1])]  # from block 2 on: [skip, up] concatenated
@@ -95,7 +94,7 @@ class UNet2d(nn.Module):
         self.dec_conv = nn.ModuleList(
             nn.ConvTranspose2d(i, o, kernel_size, stride=2) for i, o in zip(dec_ins, outs))
         self.dec_act = nn.ModuleList(_activation(deconv_activation) for _ in outs)
-        self.dec_bn = nn.ModuleList(nn.BatchNorm2d(o, eps=_BN_EPS, momentum=_BN_MOMENTUM) for o in outs)
+        self.dec_bn = nn.ModuleList(nn.BatchNorm2d(o, eps=_BN_EPS, momentum=batchnorm_momentum) for o in outs)
         self.dec_drop = nn.ModuleList(
             nn.Dropout(dropout) if (i < 3 and i < depth - 1) else nn.Identity() for i in range(depth))
         self.head = nn.Conv2d(1, channels, kernel_size=4, dilation=2)
@@ -176,6 +175,8 @@ class SpleeterUNet(nn.Module):
         eps: ratio-mask / Wiener regulariser.
         wiener_iterations: if > 0, eval-mode forward uses multichannel Wiener EM (softmask init) instead of
             ratio masks (Spleeter ``--mwf`` uses 1).
+        batchnorm_momentum: torch BN momentum of the running statistics; 0.01 is Keras' 0.99 (Spleeter). Short
+            runs validate better with a faster 0.1 (PyTorch's default).
     """
 
     def __init__(self, sources: list[str], audio_channels: int = 2, sample_rate: int = 44100,
@@ -183,7 +184,7 @@ class SpleeterUNet(nn.Module):
                  filters: tuple[int, ...] = (16, 32, 64, 128, 256, 512), kernel_size: int = 5,
                  conv_activation: str = "elu", deconv_activation: str = "elu", dropout: float = 0.5,
                  mask: str = "sigmoid", separation_exponent: float = 2.0, mask_extension: str = "zeros",
-                 eps: float = 1e-10, wiener_iterations: int = 0) -> None:
+                 eps: float = 1e-10, wiener_iterations: int = 0, batchnorm_momentum: float = 0.01) -> None:
         super().__init__()
         sources = list(sources)
         if not sources:
@@ -224,7 +225,8 @@ class SpleeterUNet(nn.Module):
         self.multiple = 2 ** len(filters)
         self.unets = nn.ModuleDict({
             name: UNet2d(audio_channels, tuple(int(f) for f in filters), kernel_size, conv_activation,
-                         deconv_activation, dropout, sigmoid=(mask == "sigmoid"))
+                         deconv_activation, dropout, sigmoid=(mask == "sigmoid"),
+                         batchnorm_momentum=batchnorm_momentum)
             for name in sources})
 
     def _check_input(self, mix: Tensor) -> None:

@@ -124,9 +124,10 @@ def print_table(
     from rich.table import Table
 
     table = Table(title=title)
-    table.add_column(str(df.index.name or ""), style="bold")
+    table.add_column(str(df.index.name or ""), style="bold", no_wrap=True)
     for column in df.columns:
-        table.add_column(str(column), justify="right")
+        table.add_column(str(column), justify="right", no_wrap=True)
     for idx, row in zip(df.index, df.itertuples(index=False)):
         table.add_row(str(idx), *[_fmt(v, decimals) for v in row])
-    (console if console is not None else Console()).print(table)  # type: ignore[union-attr]
+    # never squeeze the table into a narrow (or non-terminal, 80-column) console: headers would be cut
+    (console if console is not None else Console(width=max(Console().width, 160))).print(table)  # type: ignore[union-attr]
