@@ -118,3 +118,21 @@ def test_cli_errors_are_clear(trained, tmp_path):
     assert proc.returncode != 0 and "checkpoint not found" in proc.stderr
     proc = run("mss.train", "trainer.no_such_argument=1", f"hydra.run.dir={tmp_path}/t", cwd=base, check=False)
     assert proc.returncode != 0 and "no_such_argument" in proc.stderr
+
+
+def test_multirun_sweep_dirs_do_not_collide(synth_root, tmp_path):
+    """`-m` sweeps: one run dir per job under hydra.sweep.dir, each with its config and checkpoints; `++trainer.*`
+    passes any Lightning Trainer argument."""
+    sweep = tmp_path / "sweep"
+    run("mss.train", "-m", f"hydra.sweep.dir={sweep}", f"data.root={synth_root}", "data.synth=null",
+        f"paths.cache_dir={tmp_path / 'cache'}", *TINY_TRAIN, "test=false", "++trainer.limit_val_batches=1",
+        "module.optimizer.lr=1e-3,2e-3", cwd=tmp_path)
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "config.yaml").is_file())
+    assert len(jobs) == 2
+    lrs = set()
+    for job in jobs:
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        cfg = (job / "config.yaml").read_text()
+        assert "limit_val_batches: 1" in cfg
+        lrs |= {line.split(":")[1].strip() for line in cfg.splitlines() if line.strip().startswith("lr:")}
+    assert lrs == {"0.001", "0.002"}

@@ -139,3 +139,36 @@ def test_losses_have_a_shape_contract():
     assert SpectrogramL1(512, 128)(est, ref).shape == (3,)
     with pytest.raises(ValueError, match=r"\(B, S, C, T\)"):
         WaveformL1()(est[0], ref[0])
+
+
+def test_optimizer_and_scheduler_partials_are_completed():
+    cfg = compose("train", ["paths.output_dir=unused", "data.sources=[vocals]", *TINY_MODEL,
+                            "module.optimizer._target_=torch.optim.AdamW", "module.optimizer.lr=5e-4",
+                            "+module.optimizer.weight_decay=0.01",
+                            "module.scheduler={_target_: torch.optim.lr_scheduler.StepLR, _partial_: true, "
+                            "step_size: 3, gamma: 0.5}", "module.scheduler_interval=step"])
+    from hydra.utils import instantiate
+
+    module = instantiate(cfg.module, net=build_model(cfg.model), _convert_="partial")
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 0.01
+    assert isinstance(sched["scheduler"], torch.optim.lr_scheduler.StepLR) and sched["interval"] == "step"
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(module.net.parameters()))
+
+
+GROUP_OPTIONS = [(group, p.stem) for group in ("data", "module/loss", "trainer", "callbacks", "logger", "debug",
+                                               "augment", "evaluation")
+                 for p in sorted((CONF_DIR / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_group_option_composes(group, option):
+    cfg = compose("train", [f"{group}={option}", "paths.output_dir=unused", "data.root=/nowhere"])
+    node = OmegaConf.select(cfg, group.replace("/", "."))
+    assert node is not None or group == "debug"
+    if group == "module/loss":
+        from hydra.utils import instantiate
+
+        assert WaveformL1()(torch.zeros(1, 4, 2, 4096), torch.zeros(1, 4, 2, 4096)).shape == (4,)
+        assert instantiate(node)(torch.zeros(1, 4, 2, 4096), torch.ones(1, 4, 2, 4096)).shape == (4,)

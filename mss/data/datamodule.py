@@ -60,6 +60,7 @@ class MSSDataModule(L.LightningDataModule):
         self.synth = dict(synth) if synth is not None else None
         self.root = Path(root).expanduser() if root is not None else self._synth_root()
         self.tracks: dict[str, list[Track]] = {}
+        self._decoded: Path | None = None
 
     def _synth_root(self) -> Path:
         spec = json.dumps({"sources": self.sources, "sample_rate": self.sample_rate, **self.synth}, sort_keys=True)
@@ -72,14 +73,16 @@ class MSSDataModule(L.LightningDataModule):
 
             generate(self.root, sources=self.sources, sample_rate=self.sample_rate, **self.synth)
         if self.format == "stems":
-            decode_stems(self.root, [self.train_subset, self.test_subset], self.cache_dir)
+            self._decoded = decode_stems(self.root, [self.train_subset, self.test_subset], self.cache_dir)
 
     @property
     def wav_root(self) -> Path:
         """Root of the folder tree actually read (the decoded cache for ``format=stems``)."""
-        if self.format == "stems":
-            return decode_stems(self.root, [self.train_subset, self.test_subset], self.cache_dir)
-        return self.root
+        if self.format != "stems":
+            return self.root
+        if self._decoded is None:
+            self._decoded = decode_stems(self.root, [self.train_subset, self.test_subset], self.cache_dir)
+        return self._decoded
 
     def _find(self, subset: str) -> list[Track]:
         return find_tracks(self.wav_root / subset, self.sources, sample_rate=self.sample_rate,
