@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -58,7 +59,19 @@ def evaluate(ckpt: str | Path, data_cfg: DictConfig, eval_cfg: DictConfig, out_d
         raise ValueError(f"{datamodule.wav_root}: no {eval_cfg.subset} tracks to evaluate")
     segment = None if eval_cfg.segment is None else round(eval_cfg.segment * sr)
     nsdrs: dict[str, list[float]] = {s: [] for s in sources}
-    pool = ProcessPoolExecutor(eval_cfg.workers) if eval_cfg.workers > 1 else None
+    with ProcessPoolExecutor(eval_cfg.workers) if eval_cfg.workers > 1 else nullcontext() as pool:
+        frames = _separate_and_score(net, tracks, sources, sr, segment, eval_cfg, device, out, nsdrs, pool)
+    table = results_table(aggregate(frames), sources,
+                          extra={"nSDR (mean)": {s: sum(v) / len(v) for s, v in nsdrs.items()}})
+    write_results(table, out, title=f"{Path(ckpt).name} on {datamodule.wav_root.name}/{eval_cfg.subset} "
+                                    f"({len(tracks)} tracks)")
+    print_table(table, title=f"{len(tracks)} {eval_cfg.subset} tracks — museval v4 + nSDR")
+    return table
+
+
+def _separate_and_score(net, tracks, sources, sr, segment, eval_cfg, device, out, nsdrs, pool) -> list:
+    """Separate every track (in this process) and score it with museval (in ``pool`` when given); returns the
+    per-track frame DataFrames and appends each track's nSDR to ``nsdrs``."""
     jobs = []
     for i in range(len(tracks)):
         item = tracks[i]
@@ -74,15 +87,7 @@ def evaluate(ckpt: str | Path, data_cfg: DictConfig, eval_cfg: DictConfig, out_d
                 eval_cfg.win, eval_cfg.hop, out / "museval" / eval_cfg.subset / f"{item['name']}.json")
         jobs.append(pool.submit(_score, *args) if pool else _score(*args))
         log.info("separated %s (%d/%d)", item["name"], i + 1, len(tracks))
-    frames = [job.result() if pool else job for job in jobs]
-    if pool:
-        pool.shutdown()
-    table = results_table(aggregate(frames), sources,
-                          extra={"nSDR (mean)": {s: sum(v) / len(v) for s, v in nsdrs.items()}})
-    write_results(table, out, title=f"{Path(ckpt).name} on {datamodule.wav_root.name}/{eval_cfg.subset} "
-                                    f"({len(tracks)} tracks)")
-    print_table(table, title=f"{len(tracks)} {eval_cfg.subset} tracks — museval v4 + nSDR")
-    return table
+    return [job.result() if pool else job for job in jobs]
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")

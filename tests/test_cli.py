@@ -59,7 +59,7 @@ def test_evaluate_cli_equals_museval_on_same_files(trained, synth_root):
     base, run_dir = trained
     out = base / "evaluate"
     proc = run("mss.evaluate", f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", f"hydra.run.dir={out}",
-               "evaluation.save_estimates=true", cwd=base)
+               "evaluation.save_estimates=true", "evaluation.workers=2", cwd=base)
     assert "SDR" in proc.stdout
     assert (out / "results.md").read_text().count("|") > 10
     db = musdb.DB(root=str(synth_root), is_wav=True, subsets="test")
