@@ -29,18 +29,24 @@ class AudioInfo:
     frames: int
 
 
-def audio_info(path: str | os.PathLike) -> AudioInfo:
-    """Header information of an audio file, with a clear error when it is missing or unreadable."""
-    path = Path(path)
+def _open(path: Path) -> sf.SoundFile:
     if not path.is_file():
         raise AudioError(f"{path}: audio file not found")
     try:
-        info = sf.info(str(path))
+        handle = sf.SoundFile(str(path))
     except Exception as err:  # soundfile raises LibsndfileError / RuntimeError for corrupt files
         raise AudioError(f"{path}: cannot read audio header ({err}); expected a WAV/FLAC/OGG file") from err
-    if info.frames <= 0:
+    if handle.frames <= 0:
+        handle.close()
         raise AudioError(f"{path}: audio file holds no samples")
-    return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames))
+    return handle
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Header information of an audio file, with a clear error when it is missing or unreadable."""
+    path = Path(path)
+    with _open(path) as f:
+        return AudioInfo(path, int(f.samplerate), int(f.channels), int(f.frames))
 
 
 def convert_channels(wav: torch.Tensor, channels: int) -> torch.Tensor:
@@ -82,21 +88,24 @@ def load_audio(
     from the file, the audio is resampled / channel-converted with a warning if ``convert`` is true, otherwise an
     :class:`AudioError` names the file and what was expected.
     """
-    info = audio_info(path)
-    for what, want, have in (("sample rate", sample_rate, info.sample_rate), ("channels", channels, info.channels)):
-        if want is not None and want != have and not convert:
-            raise AudioError(f"{path}: {what} is {have}, expected {want}")
-    try:
-        data, _ = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
-    except Exception as err:
-        raise AudioError(f"{path}: cannot decode audio ({err})") from err
+    path = Path(path)
+    with _open(path) as f:  # one open per read: this is the training data path
+        have_rate, have_channels = int(f.samplerate), int(f.channels)
+        for what, want, have in (("sample rate", sample_rate, have_rate), ("channels", channels, have_channels)):
+            if want is not None and want != have and not convert:
+                raise AudioError(f"{path}: {what} is {have}, expected {want}")
+        try:
+            f.seek(start)
+            data = f.read(frames, dtype="float32", always_2d=True)
+        except Exception as err:
+            raise AudioError(f"{path}: cannot decode audio ({err})") from err
     wav = torch.from_numpy(np.ascontiguousarray(data.T))
-    if channels is not None and info.channels != channels:
-        warnings.warn(f"{path}: converting {info.channels} channel(s) to {channels}", stacklevel=2)
+    if channels is not None and have_channels != channels:
+        warnings.warn(f"{path}: converting {have_channels} channel(s) to {channels}", stacklevel=2)
         wav = convert_channels(wav, channels)
-    if sample_rate is not None and info.sample_rate != sample_rate:
-        warnings.warn(f"{path}: resampling {info.sample_rate} Hz to {sample_rate} Hz", stacklevel=2)
-        wav = resample(wav, info.sample_rate, sample_rate)
+    if sample_rate is not None and have_rate != sample_rate:
+        warnings.warn(f"{path}: resampling {have_rate} Hz to {sample_rate} Hz", stacklevel=2)
+        wav = resample(wav, have_rate, sample_rate)
     return wav
 
 
