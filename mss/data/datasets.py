@@ -33,20 +33,21 @@ class SegmentDataset(Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    def _excerpt(self, track: Track, source: str) -> torch.Tensor:
-        start = int(torch.randint(0, max(1, track.length - self.segment + 1), ()).item())
+    def _start(self, track: Track) -> int:
+        return int(torch.randint(0, max(1, track.length - self.segment + 1), ()).item())
+
+    def _excerpt(self, track: Track, source: str, start: int) -> torch.Tensor:
         wav = track.read_source(source, start=start, frames=self.segment, **self.load_kw)
         return _pad_to(wav[..., : self.segment], self.segment)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         """Stems ``(S, C, T)`` with T = segment."""
         if self.remix:
-            picks = torch.randint(0, len(self.tracks), (len(self.sources),)).tolist()
-            return torch.stack([self._excerpt(self.tracks[t], s) for t, s in zip(picks, self.sources)])
+            picks = [self.tracks[t] for t in torch.randint(0, len(self.tracks), (len(self.sources),)).tolist()]
+            return torch.stack([self._excerpt(t, s, self._start(t)) for t, s in zip(picks, self.sources)])
         track = self.tracks[index % len(self.tracks)]
-        start = int(torch.randint(0, max(1, track.length - self.segment + 1), ()).item())
-        return torch.stack([_pad_to(track.read_source(s, start=start, frames=self.segment, **self.load_kw),
-                                    self.segment) for s in self.sources])
+        start = self._start(track)
+        return torch.stack([self._excerpt(track, s, start) for s in self.sources])
 
 
 class TrackDataset(Dataset):

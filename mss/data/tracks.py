@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -24,8 +23,6 @@ import torch
 
 from mss.audio.io import AudioError, audio_info, load_audio, save_audio
 from mss.utils import atomic_write_text
-
-log = logging.getLogger(__name__)
 
 METADATA_VERSION = 1
 
@@ -194,7 +191,6 @@ def decode_stems(root: str | os.PathLike, subsets: list[str], cache_dir: str | o
             for i, name in enumerate(MUSDB_STEMS):
                 save_audio(tmp / f"{name}.wav", np.asarray(audio[i]).T, track.rate)
             os.replace(tmp, final)
-    for extra in ("valid_tracks.txt",):
-        if (root / extra).is_file():
-            shutil.copy(root / extra, out / extra)
+    if (root / "valid_tracks.txt").is_file():  # the synthetic generator's validation list travels along
+        shutil.copy(root / "valid_tracks.txt", out / "valid_tracks.txt")
     return out
