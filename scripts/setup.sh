@@ -29,5 +29,8 @@ fi
 # torch first, pinned, so that resolving mss's 'torch>=2.3' never pulls a CUDA build on a CPU machine
 .venv/bin/python -m pip install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+# reference implementations, test-only parity oracles: --no-deps so they never pull torchaudio or another torch
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+  "demucs==4.0.1" "dora-search==0.1.13" "openunmix==1.3.0" "bs-roformer==0.4.1"
 .venv/bin/python -c "import torch, lightning, hydra, museval, mss; print('[setup] ok: torch', torch.__version__, \
 '| lightning', lightning.__version__, '| mss', mss.__version__)"

@@ -18,7 +18,7 @@ from mss.models import build_model
 from mss.pretrained import CheckpointError
 from mss.run import CONF_DIR, compose
 from mss.train import train
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, tiny_overrides
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -44,8 +44,9 @@ def test_unet_parameter_count_through_config():
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_runs_one_fast_step(experiment, train_overrides, tmp_path):
-    overrides = [f"experiment={experiment}", "debug=fdr"] + train_overrides
+def test_every_experiment_runs_one_fast_step(experiment, run_overrides, tmp_path):
+    overrides = [f"experiment={experiment}", "debug=fdr"] + run_overrides
+    overrides += tiny_overrides(compose("train", overrides))
     cfg = compose("train", overrides)
     if "piano" in cfg.data.sources:  # the 5-stem recipe needs a dataset with a piano stem: generate one
         overrides = [o for o in overrides if not o.startswith(("data.root=", "data.synth="))]
