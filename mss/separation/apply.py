@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from mss.separation.bag import BagOfModels
+
 __all__ = ["apply_model", "chunk_window"]
 
 DEFAULT_MAX_SHIFT = 22050  # half a second at 44.1 kHz
@@ -123,7 +125,8 @@ def apply_model(
         model: separator with ``forward((N, C, segment)) -> (N, S, C, segment)``. Its train/eval mode is left
             untouched (call ``model.eval()`` first).
         mix: ``(C, T)`` or ``(B, C, T)`` mixture; the output is accumulated on its device.
-        segment: chunk length in samples; defaults to ``model.segment_length``.
+        segment: chunk length in samples; defaults to ``model.segment_length`` (for a
+            :class:`~mss.separation.bag.BagOfModels`, each member's own).
         overlap: fraction of a chunk shared with the next one, in ``[0, 1)``.
         batch_size: most chunks per model call.
         shifts: if > 0, average over ``shifts`` random time shifts in ``[0, max_shift)`` (the Demucs shift trick);
@@ -138,6 +141,12 @@ def apply_model(
     Returns:
         ``(S, C, T)`` or ``(B, S, C, T)`` separated stems, same length and device as ``mix``.
     """
+    if isinstance(model, BagOfModels):  # each member with its own segment length, then the per-source weights
+        options = dict(segment=segment, overlap=overlap, batch_size=batch_size, shifts=shifts, max_shift=max_shift,
+                       weight=weight, transition_power=transition_power, device=device, progress=progress)
+        mix3 = mix.unsqueeze(0) if mix.dim() == 2 else mix
+        out = model.combine([apply_model(member, mix3, **options) for member in model.models])
+        return out[0] if mix.dim() == 2 else out
     if segment is None:
         segment = getattr(model, "segment_length", None)
         if segment is None:
