@@ -1,16 +1,31 @@
-"""Evaluate a checkpoint on a test split: ``python -m mss.evaluate ckpt=PATH [data=... data.root=...]``.
+"""Evaluate a checkpoint or an oracle on a test split.
 
-Every track is separated with overlap-add inference and scored with museval BSS Eval v4 (1 s frames) and nSDR
-(MDX whole-track SDR). Written under the run directory: ``museval/<subset>/<track>.json`` (museval's per-track
-format), ``results.md`` / ``results.csv`` (median over frames per track, then median — the SiSEC18 convention — and
-mean over tracks, both labelled; nSDR is the mean over tracks), and optionally ``estimates/<track>/<source>.wav``.
+``python -m mss.evaluate ckpt=PATH [data=... data.root=...]`` or ``python -m mss.evaluate model=oracle_irm2 data=...``.
+
+Every track is separated (overlap-add inference; oracles get the true stems) and scored with BSS Eval v4 (1 s frames;
+``evaluation.backend=mss``: the exact fast re-implementation, ``museval``: museval itself) and nSDR (MDX whole-track
+SDR). Written under the run directory:
+
+* ``museval/<subset>/<track>.json``: museval's per-track format (``museval.MethodStore().add_eval_dir`` reads it);
+* ``track_info/<subset>/<track>.json``: per-track nSDR, backend and conditioning flag (resume reads it);
+* ``results.{md,csv,tex}``: median over frames per track, then median (SiSEC18) and mean over tracks, both labelled,
+  plus nSDR (mean over tracks); ``per_track.csv``; ``boxplot_SDR-v4.png`` and ``per-track_SDR-v4.png``;
+* optionally ``estimates/<track>/<source>.wav``.
+
+Tracks whose JSON and track_info already exist (same sources, backend, frames) are skipped (``evaluation.resume``), so
+an interrupted evaluation continues where it stopped when re-run with the same ``hydra.run.dir``. Scoring runs in
+``evaluation.workers`` processes with a bounded queue (at most ``workers`` separated tracks wait in memory), or, with
+``evaluation.devices=[cuda:0,cuda:1]``, one process per device separates and scores its shard of the tracks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import multiprocessing
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -18,83 +33,231 @@ import pandas as pd
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm.auto import tqdm
 
 from mss.audio.io import save_audio
-from mss.metrics import aggregate, evaluate_track, nsdr, save_track_json
+from mss.metrics import aggregate, evaluate_track, nsdr, read_track_json, save_track_json
+from mss.models import build_model
 from mss.pretrained import load_model, read_checkpoint
-from mss.report import print_table, results_table, write_results
+from mss.report import plot_boxes, plot_track_bars, print_table, results_table, write_results
 from mss.run import save_run_info
 from mss.separation.apply import apply_model
+from mss.utils import atomic_write_text
 
 log = logging.getLogger("mss.evaluate")
 
 
-def _score(references, estimates, sources, name, sample_rate, win, hop, json_path):
-    store = evaluate_track(references, estimates, sources, name, sample_rate=sample_rate, win=win, hop=hop)
-    save_track_json(store, json_path)
-    return store.df
+# ----------------------------------------------------------------------------------------------- per track
 
 
-def evaluate(ckpt: str | Path, data_cfg: DictConfig, eval_cfg: DictConfig, out_dir: str | Path) -> pd.DataFrame:
-    """Separate and score every track of the ``eval_cfg.subset`` split (test, valid or train) of ``data_cfg``;
-    returns the results table (rows: sources + mean)."""
-    out = Path(out_dir)
-    stored = read_checkpoint(ckpt)["mss"]
-    data_cfg = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
-    if data_cfg.pop("from_checkpoint", False):  # data=checkpoint: the stored data config, updated by keys set here
-        data_cfg = OmegaConf.merge(stored["data"], {k: v for k, v in data_cfg.items() if v is not None})
-    with open_dict(data_cfg):  # the audio constants are the model's, whatever the data config says
-        for key in ("sources", "sample_rate", "channels"):
-            data_cfg[key] = stored["data"][key]
-    sources, sr = list(data_cfg.sources), int(data_cfg.sample_rate)
-    device = torch.device(eval_cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    net = load_model(ckpt, map_location=device)
+def _paths(out: Path, subset: str, name: str) -> tuple[Path, Path]:
+    return out / "museval" / subset / f"{name}.json", out / "track_info" / subset / f"{name}.json"
+
+
+def _signature(sources, cfg) -> dict:
+    """What a finished track's record must match to be reused by resume."""
+    return {"sources": list(sources), "backend": cfg.backend, "sdr_only": bool(cfg.sdr_only), "win": cfg.win,
+            "hop": cfg.hop}
+
+
+def _done(out: Path, subset: str, name: str, signature: dict) -> bool:
+    scores, info = _paths(out, subset, name)
+    if not (scores.is_file() and info.is_file()):
+        return False
+    try:
+        return {k: json.loads(info.read_text()).get(k) for k in signature} == signature
+    except ValueError:
+        return False
+
+
+def _score(refs, est, name, sources, sample_rate, cfg: dict, out: Path, nsdrs: dict, device) -> str:
+    """Score one track and write its museval JSON and track_info record (runs in a worker process or inline)."""
+    scores = evaluate_track(refs.transpose(1, 2).numpy(), est.transpose(1, 2).numpy(), sources, name,
+                            sample_rate=sample_rate, win=cfg["win"], hop=cfg["hop"], backend=cfg["backend"],
+                            sdr_only=cfg["sdr_only"], device=device)
+    json_path, info_path = _paths(out, cfg["subset"], name)
+    save_track_json(scores, json_path)
+    info = {**_signature(sources, OmegaConf.create(cfg)), "track": name, "nSDR": nsdrs,
+            "reliable": scores.reliable, "cond": None if math.isnan(scores.cond) else scores.cond}
+    atomic_write_text(info_path, json.dumps(info, indent=2))  # written last: marks the track as done
+    return name
+
+
+def _separate(net, item: dict, cfg, device) -> torch.Tensor:
+    """``(S, C, T)`` estimates of one track."""
+    mix = item["mixture"]
+    if getattr(net, "needs_references", False):  # oracles
+        with torch.inference_mode():
+            return net(mix[None].to(device), item["stems"][None].to(device))[0].cpu()
+    segment = None if cfg.segment is None else round(cfg.segment * net.sample_rate)
+    return apply_model(net, mix, segment=segment, overlap=cfg.overlap, batch_size=cfg.batch_size,
+                       shifts=cfg.shifts, device=device, progress=False).cpu()
+
+
+def _process(net, item, sources, sample_rate, cfg, out, device, metrics_device, pool=None):
+    est = _separate(net, item, cfg, device)
+    if cfg.save_estimates:
+        for s, wav in zip(sources, est):
+            save_audio(out / "estimates" / item["name"] / f"{s}.wav", wav, sample_rate, subtype="FLOAT")
+    nsdrs = dict(zip(sources, nsdr(item["stems"], est).tolist()))
+    args = (item["stems"], est, item["name"], sources, sample_rate, OmegaConf.to_container(cfg), out, nsdrs,
+            metrics_device)
+    return pool.submit(_score, *args) if pool is not None else _score(*args)
+
+
+# ----------------------------------------------------------------------------------------------- setup
+
+
+def _resolve(ckpt, model_cfg, data_cfg):
+    """``(net_builder_spec, data_cfg, label)``: the network comes from ``ckpt`` or from a model config."""
+    if ckpt is not None:
+        stored = read_checkpoint(ckpt)["mss"]
+        data_cfg = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
+        if data_cfg.pop("from_checkpoint", False):  # data=checkpoint: the stored data config, updated by keys here
+            data_cfg = OmegaConf.merge(stored["data"], {k: v for k, v in data_cfg.items() if v is not None})
+        with open_dict(data_cfg):  # the audio constants are the model's, whatever the data config says
+            for key in ("sources", "sample_rate", "channels"):
+                data_cfg[key] = stored["data"][key]
+        return {"ckpt": str(ckpt)}, data_cfg, Path(ckpt).name
+    if model_cfg is None:
+        raise ValueError("nothing to evaluate: set ckpt=PATH (a trained checkpoint) or model=oracle_irm2 (an oracle)")
+    if data_cfg.get("from_checkpoint", False):
+        raise ValueError("data=checkpoint needs ckpt=PATH; with model=... choose a dataset, e.g. data=musdbhq "
+                         "data.root=DIR or data=synth")
+    model = OmegaConf.to_container(model_cfg, resolve=True)
+    data = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
+    label = model["_target_"].rsplit(".", 1)[-1]
+    if model.get("kind"):  # oracles: oracle_irm2, oracle_ibm1, oracle_mwf, oracle_mix
+        alpha = f"{float(model['alpha']):g}" if model["kind"] in ("irm", "ibm") else ""
+        label = f"oracle_{model['kind']}{alpha}"
+    return {"model": model}, data, label
+
+
+def _build(spec: dict, device) -> torch.nn.Module:
+    if "ckpt" in spec:
+        return load_model(spec["ckpt"], map_location=device)
+    return build_model(spec["model"]).to(device).eval()
+
+
+def _tracks(data_cfg, subset: str):
+    if subset not in ("test", "valid", "train"):
+        raise ValueError(f"evaluation.subset={subset!r}: expected test, valid or train")
     datamodule = instantiate(data_cfg, _convert_="all")
-    if eval_cfg.subset not in ("test", "valid", "train"):
-        raise ValueError(f"evaluation.subset={eval_cfg.subset!r}: expected test, valid or train")
     datamodule.prepare_data()
-    datamodule.setup("test" if eval_cfg.subset == "test" else "fit")
-    tracks = datamodule.track_dataset(eval_cfg.subset)
+    datamodule.setup("test" if subset == "test" else "fit")
+    tracks = datamodule.track_dataset(subset)
     if len(tracks) == 0:
-        raise ValueError(f"{datamodule.wav_root}: no {eval_cfg.subset} tracks to evaluate")
-    segment = None if eval_cfg.segment is None else round(eval_cfg.segment * sr)
-    nsdrs: dict[str, list[float]] = {s: [] for s in sources}
-    with ProcessPoolExecutor(eval_cfg.workers) if eval_cfg.workers > 1 else nullcontext() as pool:
-        frames = _separate_and_score(net, tracks, sources, sr, segment, eval_cfg, device, out, nsdrs, pool)
-    table = results_table(aggregate(frames), sources,
+        raise ValueError(f"{datamodule.wav_root}: no {subset} tracks to evaluate")
+    return datamodule, tracks
+
+
+def _shard_worker(spec, data_cfg, cfg, indices, out, device) -> list[str]:
+    """One process of ``evaluation.devices``: separate and score the tracks ``indices`` on ``device``."""
+    net = _build(spec, device)
+    _, tracks = _tracks(data_cfg, cfg.subset)
+    sources, sr = list(data_cfg.sources), int(data_cfg.sample_rate)
+    return [_process(net, tracks[i], sources, sr, cfg, out, device, device if cfg.backend == "mss" else None)
+            for i in indices]
+
+
+# ----------------------------------------------------------------------------------------------- entry point
+
+
+def evaluate(ckpt: str | Path | None, data_cfg: DictConfig, eval_cfg: DictConfig, out_dir: str | Path,
+             model_cfg: DictConfig | None = None) -> pd.DataFrame:
+    """Separate and score every track of the ``eval_cfg.subset`` split (test, valid or train) of ``data_cfg`` with the
+    network of ``ckpt`` (or the model config ``model_cfg``, e.g. an oracle); returns the results table (rows: sources
+    + mean)."""
+    out = Path(out_dir)
+    cfg = eval_cfg
+    spec, data_cfg, label = _resolve(ckpt, model_cfg, data_cfg)
+    sources, sr = list(data_cfg.sources), int(data_cfg.sample_rate)
+    datamodule, tracks = _tracks(data_cfg, cfg.subset)
+    names = [t.name for t in tracks.tracks]
+    signature = _signature(sources, cfg)
+    todo = [i for i, n in enumerate(names) if not (cfg.resume and _done(out, cfg.subset, n, signature))]
+    if len(todo) < len(names):
+        log.info("resume: %d of %d tracks already evaluated in %s", len(names) - len(todo), len(names), out)
+    metrics_device = cfg.get("metrics_device") or "cpu"
+    if todo and cfg.get("devices"):
+        devices = list(cfg.devices)
+        shards = [todo[k::len(devices)] for k in range(len(devices))]
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(len(devices), mp_context=ctx) as pool:
+            jobs = [pool.submit(_shard_worker, spec, data_cfg, cfg, shard, out, dev)
+                    for shard, dev in zip(shards, devices) if shard]
+            for job in jobs:
+                for name in job.result():
+                    log.info("evaluated %s", name)
+    elif todo:
+        device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        net = _build(spec, device)
+        bar = tqdm(total=len(todo), desc=f"evaluate {label}", unit="track")
+        if cfg.workers > 1:
+            # spawn, not fork: a forked child of a process that already ran torch's thread pool can hang in its first
+            # parallel op; each worker gets its share of the cores
+            threads = max(1, torch.get_num_threads() // cfg.workers)
+            with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+                pending: deque = deque()
+                for i in todo:
+                    while len(pending) >= cfg.workers:  # bounded queue: peak memory independent of the track count
+                        pending.popleft().result()
+                        bar.update()
+                    pending.append(_process(net, tracks[i], sources, sr, cfg, out, device, metrics_device, pool))
+                for job in pending:
+                    job.result()
+                    bar.update()
+        else:
+            for i in todo:
+                _process(net, tracks[i], sources, sr, cfg, out, device, metrics_device)
+                bar.update()
+        bar.close()
+    return report(out, names, sources, cfg, title=f"{label} on {datamodule.wav_root.name}/{cfg.subset} "
+                                                  f"({len(names)} tracks)")
+
+
+def report(out: Path, names: list[str], sources: list[str], cfg, title: str) -> pd.DataFrame:
+    """Tables and plots of an evaluation directory from its per-track files."""
+    stores, nsdrs, flagged = [], {s: [] for s in sources}, []
+    for name in names:
+        json_path, info_path = _paths(out, cfg.subset, name)
+        stores.append(read_track_json(json_path).df)
+        info = json.loads(info_path.read_text())
+        for s in sources:
+            nsdrs[s].append(info["nSDR"][s])
+        if not info.get("reliable", True):
+            flagged.append(name)
+    (out / "ill_conditioned_tracks.txt").unlink(missing_ok=True)
+    if flagged:
+        log.warning("ISR/SIR/SAR are unreliable (ill-conditioned references) for %d track(s): %s", len(flagged),
+                    flagged)
+        atomic_write_text(out / "ill_conditioned_tracks.txt", "\n".join(flagged) + "\n")
+    frames = pd.concat(stores, ignore_index=True)
+    table = results_table(aggregate([frames]), sources,
                           extra={"nSDR (mean)": {s: sum(v) / len(v) for s, v in nsdrs.items()}})
-    write_results(table, out, title=f"{Path(ckpt).name} on {datamodule.wav_root.name}/{eval_cfg.subset} "
-                                    f"({len(tracks)} tracks)")
-    print_table(table, title=f"{len(tracks)} {eval_cfg.subset} tracks — museval v4 + nSDR")
+    write_results(table, out, title=title)
+    from mss.metrics import track_medians
+
+    per_track = track_medians([frames])
+    atomic_write_text(out / "per_track.csv", per_track.to_csv(index=False))
+    if cfg.get("plots", True):
+        per_track = per_track.assign(method=title.split(" on ")[0])
+        plot_boxes(per_track, out / "boxplot_SDR-v4.png", sources=sources)
+        plot_track_bars(per_track, out / "per-track_SDR-v4.png", sources=sources)
+    metric_note = "BSS Eval v4" + (" (SDR only)" if cfg.get("sdr_only") else "") + f", backend {cfg.backend}"
+    print_table(table, title=f"{len(names)} {cfg.subset} tracks — {metric_note} + nSDR")
     return table
-
-
-def _separate_and_score(net, tracks, sources, sr, segment, eval_cfg, device, out, nsdrs, pool) -> list:
-    """Separate every track (in this process) and score it with museval (in ``pool`` when given); returns the
-    per-track frame DataFrames and appends each track's nSDR to ``nsdrs``."""
-    jobs = []
-    for i in range(len(tracks)):
-        item = tracks[i]
-        mix, refs = item["mixture"], item["stems"]
-        est = apply_model(net, mix, segment=segment, overlap=eval_cfg.overlap, batch_size=eval_cfg.batch_size,
-                          shifts=eval_cfg.shifts, device=device, progress=True).cpu()
-        for s, value in zip(sources, nsdr(refs, est).tolist()):
-            nsdrs[s].append(value)
-        if eval_cfg.save_estimates:
-            for s, wav in zip(sources, est):
-                save_audio(out / "estimates" / item["name"] / f"{s}.wav", wav, sr, subtype="FLOAT")
-        args = (refs.transpose(1, 2).numpy(), est.transpose(1, 2).numpy(), sources, item["name"], sr,
-                eval_cfg.win, eval_cfg.hop, out / "museval" / eval_cfg.subset / f"{item['name']}.json")
-        jobs.append(pool.submit(_score, *args) if pool else _score(*args))
-        log.info("separated %s (%d/%d)", item["name"], i + 1, len(tracks))
-    return [job.result() if pool else job for job in jobs]
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    if cfg.get("ckpt") is None and cfg.get("model") is not None and cfg.data.get("from_checkpoint", False):
+        raise ValueError("data=checkpoint needs ckpt=PATH; with model=... choose a dataset, e.g. data=musdbhq "
+                         "data.root=DIR or data=synth")
     out = Path(cfg.paths.output_dir)
     save_run_info(cfg, out, print_tree=False)
-    evaluate(cfg.ckpt, cfg.data, cfg.evaluation, out)
+    evaluate(cfg.get("ckpt"), cfg.data, cfg.evaluation, out, model_cfg=cfg.get("model"))
     log.info("results written to %s", out)
 
 

@@ -8,7 +8,21 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from mss.report import CONVENTION_NOTE, print_table, results_table, to_markdown, write_results
+from mss.report import (
+    CONVENTION_NOTE,
+    comparison_table,
+    definition,
+    file_stem,
+    load_method,
+    plot_boxes,
+    plot_track_bars,
+    print_table,
+    results_table,
+    to_latex,
+    to_markdown,
+    write_results,
+    write_table,
+)
 
 SOURCES = ["vocals", "drums", "bass", "other"]
 
@@ -62,18 +76,20 @@ def test_to_markdown() -> None:
 
 def test_write_results_roundtrip(tmp_path) -> None:
     df = results_table(_aggregate_df(), SOURCES, extra={"nSDR": {s: 1 / 3 for s in SOURCES}})
-    md_path, csv_path = write_results(df, tmp_path / "run", stem="results", title="Run")
+    md_path, csv_path, tex_path = write_results(df, tmp_path / "run", stem="results", title="Run")
     assert md_path.read_text().startswith("### Run")
+    assert tex_path.read_text().startswith(r"\begin{table}")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "results.csv",
         "results.md",
+        "results.tex",
     ]  # no temp files
     back = pd.read_csv(csv_path, index_col=0)
     assert list(back.index) == list(df.index)
     pd.testing.assert_frame_equal(back, df, check_exact=True, check_index_type=False)
     # overwriting is atomic too and leaves nothing behind
     write_results(df, tmp_path / "run")
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["results.csv", "results.md"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["results.csv", "results.md", "results.tex"]
 
 
 def test_print_table() -> None:
@@ -81,3 +97,78 @@ def test_print_table() -> None:
     print_table(results_table(_aggregate_df(), SOURCES), title="Scores", console=console)
     text = console.export_text()
     assert "Scores" in text and "vocals" in text and "SDR (median)" in text and "nan" in text
+
+
+def _per_track() -> pd.DataFrame:
+    """Per-track medians of three methods on five tracks (method B is 1 dB better than A; C lacks ``bass``)."""
+    rows = []
+    for m, offset in (("A", 0.0), ("B", 1.0), ("C", 2.0)):
+        for t in range(5):
+            for k, src in enumerate(SOURCES):
+                if m == "C" and src == "bass":
+                    continue
+                for metric in ("SDR", "SIR"):
+                    rows.append({"method": m, "track": f"track {t}", "target": src, "metric": metric,
+                                 "score": offset + k + t + (metric == "SIR")})
+    return pd.DataFrame(rows)
+
+
+def test_comparison_table_and_definitions(tmp_path) -> None:
+    table = comparison_table(_per_track(), SOURCES, metric="SDR", stat="median")
+    assert list(table.index) == ["A", "B", "C"] and list(table.columns) == [*SOURCES, "mean", "tracks"]
+    assert table.loc["A", "drums"] == 1.0 + 2  # median over tracks 0..4 of k + t with k = 1
+    assert table.loc["B", "mean"] == pytest.approx(table.loc["A", "mean"] + 1)
+    assert math.isnan(table.loc["C", "bass"]) and math.isnan(table.loc["C", "mean"])
+    assert table.loc["A", "tracks"] == 5
+    assert "median over tracks (SiSEC18)" in table.attrs["definition"]
+    mean = comparison_table(_per_track(), SOURCES, metric="SIR", stat="mean", methods=["B", "A"])
+    assert list(mean.index) == ["B", "A"] and mean.loc["A", "vocals"] == pytest.approx(0 + 2 + 1)  # k=0, t̄=2, SIR +1
+    assert file_stem("SDR", "median") == "SDR-v4_median-of-medians" and file_stem("nSDR", "mean") == "nSDR_mean"
+    assert definition("SDR", "mean").startswith("BSS Eval v4 SDR")
+    with pytest.raises(ValueError, match="unknown metric"):
+        definition("PESQ")
+    stem = file_stem("SDR", "median")
+    paths = write_table(table, tmp_path, f"comparison_{stem}", title=f"Comparison: {table.attrs['definition']}",
+                        bold_best=True)
+    assert [p.name for p in paths] == [f"comparison_{stem}.{x}" for x in ("md", "csv", "tex")]
+    tex = paths[2].read_text()
+    assert r"\textbf{" in tex and "--" in tex and r"\caption{Comparison: BSS Eval v4 SDR" in tex
+    assert tex.count(r" \\") == 1 + 3  # header + 3 methods
+    pd.testing.assert_frame_equal(pd.read_csv(paths[1], index_col=0), table, check_dtype=False)
+
+
+def test_to_latex_escapes() -> None:
+    df = pd.DataFrame({"SDR_v4 (%)": [1.234, math.nan]}, index=pd.Index(["a&b", "c"], name="method"))
+    tex = to_latex(df, caption="x_y", note="50% of #1")
+    assert r"a\&b" in tex and r"SDR\_v4 (\%)" in tex and "1.23" in tex and r"x\_y" in tex and r"50\% of \#1" in tex
+
+
+def test_plots_render(tmp_path) -> None:
+    from PIL import Image
+
+    per_track = _per_track()
+    box = plot_boxes(per_track, tmp_path / "boxplot_SDR-v4.png", sources=SOURCES)
+    bars = plot_track_bars(per_track, tmp_path / "per-track_SDR-v4.png", metric="SIR")
+    for path in (box, bars):
+        with Image.open(path) as img:
+            assert img.size[0] > 400 and img.size[1] > 150
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boxplot_SDR-v4.png", "per-track_SDR-v4.png"]
+    with pytest.raises(ValueError, match="no ISR scores"):
+        plot_boxes(per_track, tmp_path / "x.png", metric="ISR")
+
+
+def test_load_method_reads_museval_json(tmp_path) -> None:
+    from mss.metrics import TrackScores, save_track_json
+
+    for t in range(3):
+        store = TrackScores(f"song {t}")
+        for k, src in enumerate(SOURCES):
+            values = [k + t, k + t + 2, math.nan]
+            store.add_target(src, {m: values for m in ("SDR", "SIR", "ISR", "SAR")})
+        save_track_json(store, tmp_path / "run" / "museval" / "test" / f"song {t}.json")
+    per_track = load_method(tmp_path / "run", "mine")
+    assert set(per_track["method"]) == {"mine"} and per_track["track"].nunique() == 3
+    table = comparison_table(per_track, SOURCES)
+    assert table.loc["mine", "vocals"] == pytest.approx(2.0)  # per-track median t + 1, median over t = 0, 1, 2
+    with pytest.raises(FileNotFoundError, match="no museval per-track JSON"):
+        load_method(tmp_path / "empty")

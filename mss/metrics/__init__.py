@@ -1,23 +1,30 @@
-"""Separation metrics: whole-signal nSDR / SI-SDR (torch) and museval BSS Eval v4 helpers.
+"""Separation metrics: BSS Eval v4 (exact, fast re-implementation of museval), whole-signal nSDR / SI-SDR, per-frame
+SDR, per-track scores in museval's JSON format and their aggregation.
 
-museval is imported lazily (inside the functions of :mod:`mss.metrics.museval_eval`), so importing this package is
-cheap and does not need ffmpeg. This package knows nothing about models or Lightning.
+museval is imported lazily (only by ``evaluate_track(..., backend="museval")``), so importing this package is cheap
+and does not need ffmpeg. This package knows nothing about models or Lightning.
 """
 
-from mss.metrics.museval_eval import (
-    METRICS,
-    aggregate,
-    evaluate_track,
-    save_track_json,
-    track_medians,
-)
+from mss.metrics.bss_eval import COND_LIMIT, BSSEvalV4, IllConditionedWarning, bss_eval_v4, frame_sdr, n_frames
+from mss.metrics.museval_eval import BACKENDS, aggregate, evaluate_track, save_track_json, track_medians
 from mss.metrics.sdr import nsdr, si_sdr
+from mss.metrics.store import METRICS, MUSEVAL_VERSION, TrackScores, read_track_json
 
 __all__ = [
+    "BACKENDS",
+    "COND_LIMIT",
     "METRICS",
+    "MUSEVAL_VERSION",
+    "BSSEvalV4",
+    "IllConditionedWarning",
+    "TrackScores",
     "aggregate",
+    "bss_eval_v4",
     "evaluate_track",
+    "frame_sdr",
+    "n_frames",
     "nsdr",
+    "read_track_json",
     "save_track_json",
     "si_sdr",
     "track_medians",

@@ -1,15 +1,13 @@
-"""museval (BSS Eval v4) as the framework's reference evaluation, plus per-track JSON and aggregation.
-
-museval is imported lazily inside the functions: ``import museval`` pulls in musdb and stempeg, which is slow and needs
-the ffmpeg/ffprobe binaries on ``PATH``.
+"""Per-track BSS Eval v4 scores (mss's exact re-implementation or museval itself), per-track JSON and aggregation.
 
 Conventions (SiSEC18, museval 0.4.1):
 
-* :func:`evaluate_track` runs ``museval.evaluate`` (v4: one set of 512-tap distortion filters per track, metrics on
-  ``win``-second frames every ``hop`` seconds; the trailing partial frame is dropped) on all given sources *jointly*,
-  exactly like ``museval.eval_mus_track`` for the same targets (no vocals/accompaniment special case).
+* :func:`evaluate_track` scores all given sources *jointly* (v4: one set of 512-tap distortion filters per track,
+  metrics on ``win``-second frames every ``hop`` seconds; the trailing partial frame is dropped), exactly like
+  ``museval.eval_mus_track`` for the same targets (no vocals/accompaniment special case). ``backend="mss"`` uses
+  :func:`mss.metrics.bss_eval_v4` (same numbers, much faster); ``backend="museval"`` calls ``museval.evaluate``.
 * museval's frame rules: if any reference or estimate stem is digitally silent in a frame, all metrics of *all* sources
-  are NaN for that frame; ``±inf`` becomes NaN; values are rounded to 5 decimals (``TrackStore``).
+  are NaN for that frame; ``±inf`` becomes NaN; values are rounded to 5 decimals (:class:`TrackScores`).
 * :func:`aggregate`: per track, the median over frames (NaN frames skipped); then over tracks, the ``median``
   (SiSEC18 / Open-Unmix / Demucs ``sdr_med`` convention) and the ``mean`` of those per-track medians. Tracks whose
   frames are all NaN are skipped.
@@ -20,19 +18,19 @@ Shape legend: ``S`` sources, ``T`` samples, ``C`` channels (museval's ``(S, T, C
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from mss.metrics.bss_eval import IllConditionedWarning, bss_eval_v4
+from mss.metrics.store import METRICS, TrackScores
 from mss.utils import atomic_write_text
 
-if TYPE_CHECKING:  # pragma: no cover
-    import museval
-
 __all__ = [
+    "BACKENDS",
     "METRICS",
     "aggregate",
     "evaluate_track",
@@ -40,7 +38,7 @@ __all__ = [
     "track_medians",
 ]
 
-METRICS: tuple[str, ...] = ("SDR", "SIR", "ISR", "SAR")
+BACKENDS = ("mss", "museval")
 
 
 def _silent(stems: np.ndarray) -> np.ndarray:
@@ -56,30 +54,37 @@ def evaluate_track(
     sample_rate: int = 44100,
     win: float = 1.0,
     hop: float = 1.0,
-) -> museval.TrackStore:
-    """Evaluate one track with museval BSS Eval v4 and return a museval ``TrackStore``.
+    backend: str = "mss",
+    sdr_only: bool = False,
+    device: str | None = None,
+) -> TrackScores:
+    """Evaluate one track with BSS Eval v4 and return its :class:`TrackScores` (museval's ``TrackStore`` format).
 
     Args:
         references: true stems ``(S, T, C)``.
         estimates: estimated stems ``(S, T, C)``, same shape (no silent padding/truncation is done here).
         sources: the ``S`` target names, in stem order.
-        track_name: name stored in the ``TrackStore`` (and used in error messages).
+        track_name: name stored in the scores (and used in error messages).
         sample_rate: sampling rate in Hz; ``win``/``hop`` are converted with ``int(x * sample_rate)``.
         win: frame length in seconds (SiSEC18: 1.0).
         hop: frame hop in seconds (SiSEC18: 1.0).
+        backend: ``"mss"`` (:func:`mss.metrics.bss_eval_v4`) or ``"museval"`` (``museval.evaluate``).
+        sdr_only: ``mss`` backend only: skip the distortion filters; ISR/SIR/SAR are NaN (SDR is unchanged).
+        device: ``mss`` backend only: torch device to compute on (default CPU).
 
     Returns:
-        ``museval.TrackStore`` with one target per source holding per-frame SDR/SIR/ISR/SAR; ``store.json`` is
-        museval's per-track JSON and ``store.df`` its long DataFrame (``time, target, metric, score, track``).
+        :class:`TrackScores` with one target per source holding per-frame SDR/SIR/ISR/SAR; ``.json`` is museval's
+        per-track JSON, ``.df`` its long DataFrame (``time, target, metric, score, track``), ``.reliable`` is
+        ``False`` when the reference Gram matrix was ill-conditioned (ISR/SIR/SAR then meaningless).
 
     Raises:
         ValueError: if shapes differ, are not 3-D, do not match ``sources``, or a reference/estimate stem is silent
             over the whole track (museval itself would raise an unhelpful error for the latter).
     """
-    import museval
-
     references = np.asarray(references)
     estimates = np.asarray(estimates)
+    if backend not in BACKENDS:
+        raise ValueError(f"evaluation backend {backend!r}: expected one of {BACKENDS}")
     if references.shape != estimates.shape:
         raise ValueError(
             f"track {track_name!r}: references {references.shape} and estimates {estimates.shape} differ in shape"
@@ -95,30 +100,35 @@ def evaluate_track(
         if silent:
             raise ValueError(
                 f"track {track_name!r}: {kind} stem(s) {silent} are silent (all zeros) over the whole track; "
-                "museval cannot evaluate a silent source"
+                "BSS Eval cannot evaluate a silent source"
             )
+    scores = TrackScores(track_name=track_name, win=win, hop=hop)
+    w, h = int(win * sample_rate), int(hop * sample_rate)
+    if backend == "museval":
+        import museval
 
-    sdr, isr, sir, sar = museval.evaluate(
-        references, estimates, win=int(win * sample_rate), hop=int(hop * sample_rate)
-    )
-    store = museval.TrackStore(track_name=track_name, win=win, hop=hop)
+        sdr, isr, sir, sar = museval.evaluate(references, estimates, win=w, hop=h)
+    else:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", IllConditionedWarning)
+            result = bss_eval_v4(references, estimates, w, h, sdr_only=sdr_only, device=device)
+        for warning in caught:
+            warnings.warn(f"track {track_name!r}: {warning.message}", IllConditionedWarning, stacklevel=2)
+        scores.reliable, scores.cond = result.reliable, result.cond
+        sdr, isr, sir, sar = (m.cpu().numpy() for m in result)
     for j, name in enumerate(sources):
-        values = {
-            "SDR": sdr[j].tolist(),
-            "SIR": sir[j].tolist(),
-            "ISR": isr[j].tolist(),
-            "SAR": sar[j].tolist(),
-        }
-        store.add_target(target_name=name, values=values)
-    return store
+        scores.add_target(target_name=name, values={"SDR": sdr[j].tolist(), "SIR": sir[j].tolist(),
+                                                    "ISR": isr[j].tolist(), "SAR": sar[j].tolist()})
+    return scores
 
 
-def save_track_json(store: museval.TrackStore, path: str | os.PathLike) -> Path:
-    """Atomically write a ``TrackStore``'s museval JSON (``NaN`` literals included) to ``path``."""
+def save_track_json(store, path: str | os.PathLike) -> Path:
+    """Atomically write the museval JSON (``NaN`` literals included) of a :class:`TrackScores` or
+    ``museval.TrackStore`` to ``path``."""
     return atomic_write_text(path, store.json)
 
 
-def _frames_df(stores: Sequence[museval.TrackStore | pd.DataFrame]) -> pd.DataFrame:
+def _frames_df(stores: Sequence) -> pd.DataFrame:
     """Concatenate per-track long frames DataFrames (``time, target, metric, score, track``)."""
     if not stores:
         raise ValueError("no tracks to aggregate")
@@ -126,24 +136,21 @@ def _frames_df(stores: Sequence[museval.TrackStore | pd.DataFrame]) -> pd.DataFr
     return pd.concat(dfs, ignore_index=True)
 
 
-def track_medians(stores: Sequence[museval.TrackStore | pd.DataFrame]) -> pd.DataFrame:
-    """Per-track median over frames, NaN frames skipped (``museval.EvalStore.agg_frames_scores``).
+def track_medians(stores: Sequence) -> pd.DataFrame:
+    """Per-track median over frames, NaN frames skipped (== ``museval.EvalStore.agg_frames_scores``).
 
     Args:
-        stores: ``TrackStore`` objects or their long DataFrames (``store.df``), one per track.
+        stores: ``TrackScores``/``museval.TrackStore`` objects or their long DataFrames (``store.df``), one per track.
 
     Returns:
         DataFrame with columns ``track, target, metric, score``, one row per (track, target, metric); ``score`` is
         NaN when every frame of that track is NaN.
     """
-    import museval
-
-    evalstore = museval.EvalStore(frames_agg="median", tracks_agg="median")
-    evalstore.df = _frames_df(stores)  # one concat instead of EvalStore.add_track's repeated ones
-    return evalstore.agg_frames_scores().reset_index()
+    df = _frames_df(stores)
+    return df.groupby(["track", "target", "metric"])["score"].median().reset_index()
 
 
-def aggregate(stores: Sequence[museval.TrackStore | pd.DataFrame]) -> pd.DataFrame:
+def aggregate(stores: Sequence) -> pd.DataFrame:
     """Aggregate per-track museval results over tracks.
 
     Per track the median over frames (NaN-skipping), then over tracks (NaN tracks skipped):
@@ -153,7 +160,7 @@ def aggregate(stores: Sequence[museval.TrackStore | pd.DataFrame]) -> pd.DataFra
     * ``n_tracks``: number of tracks with a non-NaN per-track median.
 
     Args:
-        stores: ``TrackStore`` objects or their long DataFrames (``store.df``), one per track.
+        stores: ``TrackScores``/``museval.TrackStore`` objects or their long DataFrames (``store.df``), one per track.
 
     Returns:
         DataFrame indexed by ``(target, metric)`` with columns ``median``, ``mean``, ``n_tracks``;

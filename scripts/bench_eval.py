@@ -1,0 +1,171 @@
+"""Benchmark BSS Eval v4: museval 0.4.1 vs mss (all four metrics, and SDR only), time, peak memory and agreement.
+
+    python scripts/bench_eval.py [--lengths 30 180] [--threads 2] [--device cpu|cuda] [--skip-museval]
+
+Signals: 4 stereo sources, 44.1 kHz, band-limited amplitude-modulated noise at RMS 0.1 quantised to 16 bit with TPDF
+dither (like MUSDB), vocals digitally silent from 2 to 5 s; float32 estimates = source + 0.1·(other sources) + noise at
+-26 dB, filtered by [0.9, 0.1]. Each measurement runs in its own subprocess (threads fixed with
+``torch.set_num_threads`` / ``OMP_NUM_THREADS``); peak memory is the child's peak RSS (``ru_maxrss``) and its increase
+over the RSS after imports and loading the signals. Prints one table with ratios against museval (same machine, same
+run) and the max |Δ| of every metric against museval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SR = 44100
+
+
+def make_signals(seconds: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.signal import butter, lfilter, sosfilt
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    t = np.arange(n) / SR
+    refs = np.empty((4, n, 2))
+    for j, (lo, hi) in enumerate(((150, 3500), (30, 250), (200, 8000), (2000, 16000))):  # vocals, bass-ish, ...
+        sos = butter(4, [lo, hi], btype="band", fs=SR, output="sos")
+        x = sosfilt(sos, rng.standard_normal((n, 2)), axis=0) * (1 + 0.6 * np.sin(2 * np.pi * (0.3 + 0.7 * j) * t))[
+            :, None]
+        refs[j] = 0.1 * x / np.sqrt(np.mean(x**2))
+    refs = np.round(refs * 32768 + rng.uniform(-0.5, 0.5, refs.shape) + rng.uniform(-0.5, 0.5, refs.shape)) / 32768
+    refs[0, 2 * SR:5 * SR] = 0.0
+    ests = refs + 0.1 * (refs.sum(0, keepdims=True) - refs) + 0.1 * 10 ** (-26 / 20) * rng.standard_normal(refs.shape)
+    return refs, lfilter([0.9, 0.1], [1.0], ests, axis=1).astype(np.float32)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker(method: str, folder: Path, threads: int, device: str) -> None:
+    """Run one measurement in this (fresh) process; print a JSON line."""
+    refs, ests = np.load(folder / "refs.npy"), np.load(folder / "ests.npy")
+    if method == "museval":
+        import museval
+
+        evaluate = museval.evaluate
+    else:
+        import torch
+
+        from mss.metrics import bss_eval_v4
+
+        torch.set_num_threads(threads)
+
+        def evaluate(r, e):
+            out = bss_eval_v4(r, e, device=device, sdr_only=method == "mss-sdr")
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            return [m.cpu().numpy() for m in out]
+
+        if device.startswith("cuda"):  # warm-up (CUDA context, cuFFT plans) outside the timing
+            evaluate(refs[:, :SR * 3], ests[:, :SR * 3])
+    base = _rss_mb()
+    start = time.perf_counter()
+    result = evaluate(refs, ests)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    np.save(folder / f"{method}.npy", np.stack([np.asarray(m, dtype=np.float64) for m in result]))
+    print(json.dumps({"time": seconds, "peak": peak, "increase": peak - base}))
+
+
+def run_child(method: str, folder: Path, threads: int, device: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "OPENBLAS_NUM_THREADS": str(threads)}
+    proc = subprocess.run([sys.executable, __file__, "--worker", method, str(folder), "--threads", str(threads),
+                           "--device", device], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{method} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def max_delta(a: np.ndarray, b: np.ndarray) -> tuple[float, bool]:
+    same_nan = bool(np.array_equal(np.isnan(a), np.isnan(b)))
+    ok = np.isfinite(a) & np.isfinite(b)
+    return (float(np.abs(a[ok] - b[ok]).max()) if ok.any() else 0.0), same_nan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=float, nargs="+", default=[30.0, 180.0], help="track lengths, seconds")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="device for mss (cpu, cuda)")
+    parser.add_argument("--skip-museval", action="store_true", help="only time mss")
+    parser.add_argument("--cache", type=Path, default=None, help="keep signals/results here (reuse museval runs)")
+    parser.add_argument("--worker", nargs=2, metavar=("METHOD", "DIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker[0], Path(args.worker[1]), args.threads, args.device)
+        return
+    root = args.cache or Path(tempfile.mkdtemp(prefix="bench_eval_"))
+    rows, agreement = [], []
+    for seconds in args.lengths:
+        folder = root / f"{seconds:g}s"
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "refs.npy").is_file():
+            refs, ests = make_signals(seconds)
+            np.save(folder / "refs.npy", refs)
+            np.save(folder / "ests.npy", ests)
+        res = {}
+        cached = folder / "museval.json"
+        if not args.skip_museval:
+            if cached.is_file() and (folder / "museval.npy").is_file():
+                res["museval"] = json.loads(cached.read_text())
+            else:
+                res["museval"] = run_child("museval", folder, args.threads, "cpu")
+                cached.write_text(json.dumps(res["museval"]))
+        for method in ("mss", "mss-sdr"):
+            res[method] = run_child(method, folder, args.threads, args.device)
+        rows.append((seconds, res))
+        if "museval" in res:
+            ref = np.load(folder / "museval.npy")
+            ours = np.load(folder / "mss.npy")
+            sdr_only = np.load(folder / "mss-sdr.npy")
+            deltas = [max_delta(ref[k], ours[k]) for k in range(4)] + [max_delta(ref[0], sdr_only[0])]
+            agreement.append((seconds, deltas))
+        print(f"done {seconds:g} s: " + ", ".join(f"{k} {v['time']:.2f} s" for k, v in res.items()), flush=True)
+
+    print(f"\nBSS Eval v4, 4 stereo sources, 44.1 kHz, 16-bit references; {args.threads} threads; mss on "
+          f"{args.device}\n")
+    head = ("| track | museval time | museval peak RSS (+Δ) | mss all-four time | mss peak RSS (+Δ) "
+            "| mss SDR-only time | speed-up all-four | speed-up SDR-only | memory ratio (Δ) |")
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
+    for seconds, res in rows:
+        m, a, s = res.get("museval"), res["mss"], res["mss-sdr"]
+
+        def mem(r):
+            return f"{r['peak']:.0f} MB (+{r['increase']:.0f})"
+
+        if m:
+            print(f"| {seconds:g} s | {m['time']:.2f} s | {mem(m)} | {a['time']:.2f} s | {mem(a)} | {s['time']:.3f} s "
+                  f"| {m['time'] / a['time']:.1f}× | {m['time'] / s['time']:.0f}× | "
+                  f"{a['increase'] / max(m['increase'], 1):.2f} |")
+        else:
+            print(f"| {seconds:g} s | – | – | {a['time']:.2f} s | {mem(a)} | {s['time']:.3f} s | – | – | – |")
+    if agreement:
+        print("\nmax |Δ| vs museval per frame (dB), identical NaN pattern:\n")
+        print("| track | SDR | ISR | SIR | SAR | SDR (SDR-only path) |")
+        print("|---|---|---|---|---|---|")
+        for seconds, deltas in agreement:
+            print(f"| {seconds:g} s | " + " | ".join(f"{d:.1e} ({'yes' if same else 'NO'})" for d, same in deltas)
+                  + " |")
+
+
+if __name__ == "__main__":
+    main()

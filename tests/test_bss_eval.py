@@ -1,0 +1,181 @@
+"""Golden tests of mss.metrics.bss_eval_v4 against museval 0.4.1 itself, on generated 16-bit signals.
+
+Tolerances (per frame): SDR 1e-9 dB, ISR/SIR/SAR 1e-4 dB, identical NaN pattern. Most cases run museval's own
+``bss_eval`` (what ``museval.evaluate`` calls) at 8 kHz with shorter distortion filters to stay fast; the
+SiSEC18 configuration (44.1 kHz, 512 taps, 4 stereo sources, ``museval.evaluate``) runs once, marked slow.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.signal import butter, lfilter, sosfilt
+
+from mss.metrics import IllConditionedWarning, TrackScores, bss_eval_v4, evaluate_track, frame_sdr, n_frames
+
+SR = 8000
+TOL = {"SDR": 1e-9, "ISR": 1e-4, "SIR": 1e-4, "SAR": 1e-4}
+
+
+def signals(n_src: int, seconds: float, channels: int = 2, sr: int = SR, seed: int = 0, bits: int | None = 16,
+            silent: tuple[float, float] | None = None, est_silent: tuple[float, float] | None = None,
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Band-limited, amplitude-modulated noise sources ``(S, T, C)`` quantised to ``bits`` (TPDF dither), and float32
+    estimates with leakage, noise at -26 dB and a short filter. ``silent``: seconds where reference 0 is exactly
+    zero; ``est_silent``: seconds where the last estimate is exactly zero."""
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sr))
+    refs = np.empty((n_src, n, channels))
+    t = np.arange(n) / sr
+    for j in range(n_src):
+        lo = 0.02 + 0.6 * j / n_src
+        sos = butter(4, [lo, lo + 0.15], btype="band", output="sos")
+        x = sosfilt(sos, rng.standard_normal((n, channels)), axis=0) * (1 + 0.5 * np.sin(2 * np.pi * (0.5 + j) * t))[
+            :, None]
+        refs[j] = 0.1 * x / np.sqrt(np.mean(x**2))
+    if bits:
+        q = 2.0 ** (bits - 1)
+        refs = np.round(refs * q + rng.uniform(-0.5, 0.5, refs.shape) + rng.uniform(-0.5, 0.5, refs.shape)) / q
+    if silent is not None:
+        refs[0, int(silent[0] * sr):int(silent[1] * sr)] = 0.0
+    mix = refs.sum(0, keepdims=True)
+    ests = refs + 0.1 * (mix - refs) + 0.005 * rng.standard_normal(refs.shape)
+    ests = lfilter([0.9, 0.1], [1.0], ests, axis=1)
+    if est_silent is not None:
+        ests[-1, int(est_silent[0] * sr):int(est_silent[1] * sr)] = 0.0
+    return refs, ests.astype(np.float32)
+
+
+def museval_bss_eval(refs, ests, win, hop, filters_len):
+    from museval import metrics
+
+    sdr, isr, sir, sar, _ = metrics.bss_eval(refs, ests, window=win, hop=hop, compute_permutation=False,
+                                             filters_len=filters_len, framewise_filters=False,
+                                             bsseval_sources_version=False)
+    return sdr, isr, sir, sar
+
+
+def assert_matches(expected, ours) -> dict[str, float]:
+    """Same NaN pattern, per-metric max |Δ| within :data:`TOL`; returns the max |Δ| per metric."""
+    deltas = {}
+    for name, a, b in zip(("SDR", "ISR", "SIR", "SAR"), expected, ours):
+        b = b.cpu().numpy()
+        assert a.shape == b.shape, name
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=f"{name} NaN pattern")
+        both = ~np.isnan(a)
+        np.testing.assert_array_equal(np.isinf(a[both]), np.isinf(b[both]), err_msg=name)
+        finite = both & np.isfinite(a)
+        deltas[name] = float(np.abs(a[finite] - b[finite]).max()) if finite.any() else 0.0
+        assert deltas[name] <= TOL[name], (name, deltas[name])
+    return deltas
+
+
+CASES = {
+    # id: (sources, seconds, channels, win, hop, filters_len, silent reference 0, silent last estimate)
+    "2src-mono-3.7s-silent": (2, 3.7, 1, SR, SR, 128, (0.9, 2.1), None),
+    "4src-stereo-2.5s": (4, 2.5, 2, SR, SR, 48, None, None),
+    "5src-stereo-2.2s-silent-est": (5, 2.2, 2, SR, SR, 24, None, (0.95, 2.05)),
+    "3src-stereo-0.6s-one-frame": (3, 0.6, 2, SR, SR, 64, None, None),
+    "2src-stereo-overlap-silent": (2, 3.3, 2, SR, SR // 2, 64, (0.5, 1.7), (2.0, 3.1)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_museval(case):
+    n_src, seconds, channels, win, hop, taps, silent, est_silent = CASES[case]
+    refs, ests = signals(n_src, seconds, channels, silent=silent, est_silent=est_silent, seed=len(case))
+    expected = museval_bss_eval(refs, ests, win, hop, taps)
+    ours = bss_eval_v4(refs, ests, win, hop, filters_len=taps)
+    assert ours.reliable and ours.cond < 1e11
+    assert assert_matches(expected, ours)
+    nwin, _ = n_frames(refs.shape[1], win, hop)
+    assert ours.sdr.shape == (n_src, nwin) and ours.sdr.dtype == torch.float64
+    if silent or est_silent:
+        assert np.isnan(expected[0]).any() and not np.isnan(expected[0]).all()  # the NaN rule is exercised
+
+
+def test_matches_museval_evaluate_with_padding_and_mono_2d():
+    """``museval.evaluate`` itself (512 taps): estimates longer / shorter than the references are truncated /
+    zero-padded; ``(S, T)`` input is mono."""
+    import museval
+
+    refs, ests = signals(2, 2.2, 1, seed=3, silent=(0.9, 2.05))
+    for est in (np.concatenate([ests, ests[:, :1000]], axis=1), ests[:, :-700]):
+        expected = museval.evaluate(refs, est, win=SR, hop=SR)
+        assert_matches(expected, bss_eval_v4(refs, est, SR, SR))
+    expected = museval.evaluate(refs[..., 0], ests[..., 0], win=SR, hop=SR)
+    assert_matches(expected, bss_eval_v4(refs[..., 0], ests[..., 0], SR, SR))
+
+
+def test_silent_stem_raises_like_museval():
+    refs, ests = signals(3, 1.5, 2)
+    for which in ("reference", "estimate"):
+        r, e = refs.copy(), ests.copy()
+        (r if which == "reference" else e)[1] = 0.0
+        with pytest.raises(ValueError, match="non-silent"):
+            museval_bss_eval(r, e, SR, SR, 32)
+        with pytest.raises(ValueError, match=rf"{which} source\(s\) \[1\] are silent"):
+            bss_eval_v4(r, e, SR, SR)
+
+
+def test_sdr_only_and_frame_sdr_batched():
+    refs, ests = signals(3, 3.2, 2, silent=(0.9, 2.1))
+    full = bss_eval_v4(refs, ests, SR, SR, filters_len=32)
+    fast = bss_eval_v4(refs, ests, SR, SR, sdr_only=True)
+    torch.testing.assert_close(fast.sdr, full.sdr, equal_nan=True, rtol=0, atol=0)
+    assert fast.isr.isnan().all() and math.isnan(fast.cond)
+    # frame_sdr on (B, S, C, T) tensors: batch items are independent and equal the museval SDR
+    r = torch.from_numpy(refs).permute(0, 2, 1)
+    e = torch.from_numpy(ests).permute(0, 2, 1)
+    batch = frame_sdr(torch.stack([r, r]), torch.stack([e, r + 0.5 * (e - r)]), SR, SR, chunk_frames=1)
+    assert batch.shape == (2, 3, 3)
+    torch.testing.assert_close(batch[0], full.sdr, equal_nan=True, rtol=0, atol=0)
+    expected = full.sdr + 20 * math.log10(2)  # half the error: +6.02 dB
+    torch.testing.assert_close(batch[1], expected, equal_nan=True, rtol=0, atol=1e-9)
+
+
+def test_ill_conditioned_references_are_flagged():
+    """Band-limited float references without a noise floor: museval prints garbage, we flag it."""
+    refs, ests = signals(2, 2.0, 2, bits=None)
+    expected = museval_bss_eval(refs, ests, SR, SR, 64)
+    with pytest.warns(IllConditionedWarning, match="ill-conditioned"):
+        ours = bss_eval_v4(refs, ests, SR, SR, filters_len=64)
+    assert not ours.reliable and ours.cond > 1e11
+    np.testing.assert_allclose(ours.sdr.numpy(), expected[0], rtol=0, atol=1e-9)  # SDR does not need the filters
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert bss_eval_v4(*signals(2, 2.0, 2, bits=16), SR, SR, filters_len=64).reliable
+
+
+def test_track_scores_json_is_museval_trackstore_json():
+    import museval
+
+    refs, ests = signals(3, 3.0, 2, silent=(0.9, 2.1))
+    ours = evaluate_track(refs, ests, ["vocals", "drums", "bass"], "song", sample_rate=SR)
+    store = museval.TrackStore(track_name="song", win=1.0, hop=1.0)
+    for j, name in enumerate(["vocals", "drums", "bass"]):
+        store.add_target(target_name=name, values={m: ours.values(m)[j].tolist() for m in ("SDR", "SIR", "ISR",
+                                                                                             "SAR")})
+    assert ours.json == store.json
+    ours.validate()
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(ours.df, store.df.reset_index(drop=True), check_dtype=False)
+    back = TrackScores.from_json(ours.json, "song")
+    assert back.json == ours.json and back.hop == 1.0
+
+
+@pytest.mark.slow
+def test_matches_museval_evaluate_sisec18_setting():
+    """4 stereo 16-bit sources at 44.1 kHz, 3.5 s, 512 taps, one silent section: ``museval.evaluate`` defaults."""
+    import museval
+
+    refs, ests = signals(4, 3.5, 2, sr=44100, silent=(0.9, 2.1))
+    expected = museval.evaluate(refs, ests)
+    ours = bss_eval_v4(refs, ests)
+    assert ours.reliable
+    assert_matches(expected, ours)
