@@ -1,0 +1,212 @@
+"""Convert reference Demucs checkpoints (``.th``) and bags (``.yaml``) into mss checkpoints.
+
+    python -m mss.pretrained.import_demucs path/to/955717e8-8726e21a.th out=htdemucs.ckpt
+    python -m mss.pretrained.import_demucs path/to/htdemucs_ft.yaml out=htdemucs_ft.ckpt
+
+A reference ``.th`` file is a torch pickle of ``{"klass": <class>, "args": (...), "kwargs": {...}, "state": {...},
+["training_args": ...]}``. It is read **without the demucs package**: the class references are resolved to small
+stand-in classes by torch's restricted (``weights_only``) unpickler, so nothing from the file is executed. The class is
+mapped to the mss network (:data:`CLASSES`), the constructor arguments become the mss model config (same keyword
+names; ``Fraction`` segments become floats; keywords our class does not know are dropped with a warning, as the
+reference loader does) and the state dict is loaded 1:1 (fp16 exports are cast to fp32).
+
+A bag ``.yaml`` (``models: [signature, ...]``, optional ``weights`` ``(models, sources)`` and ``segment``) is resolved
+against the ``.th`` files beside it (``<signature>.th`` or ``<signature>-<checksum>.th``, as the reference's local
+repository) and becomes one :class:`mss.separation.bag.BagOfModels` checkpoint; ``segment`` overrides the members'
+segment as in the reference.
+
+The written checkpoint is an ordinary mss checkpoint (``mss.load_model``, ``mss.evaluate ckpt=...``,
+``mss.separate``). DiffQ-quantized exports (``mdx_q``, ``mdx_extra_q``) are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fractions
+import inspect
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from mss.models import build_model
+from mss.pretrained import save_checkpoint
+
+__all__ = ["CLASSES", "DemucsImportError", "import_bag", "import_model", "main", "read_package"]
+
+# reference class path -> mss class path
+CLASSES: dict[str, str] = {
+    "demucs.htdemucs.HTDemucs": "mss.models.htdemucs.HTDemucs",
+    "demucs.hdemucs.HDemucs": "mss.models.hdemucs.HDemucs",
+    "demucs.demucs.Demucs": "mss.models.demucs.Demucs",
+    "demucs.model.Demucs": "mss.models.demucs.DemucsV2",
+}
+BAG_TARGET = "mss.separation.bag.BagOfModels"
+
+
+class DemucsImportError(ValueError):
+    """A file cannot be converted (unknown class, unsupported format, missing bag member)."""
+
+
+def _stand_in(path: str) -> type:
+    module, name = path.rsplit(".", 1)
+    return type(name, (), {"__module__": module, "__qualname__": name, "reference_path": path})
+
+
+_STAND_INS = {path: _stand_in(path) for path in CLASSES}
+
+
+def read_package(path: str | os.PathLike) -> dict:
+    """The raw reference package ``{"klass": <stand-in>, "args", "kwargs", "state", ...}`` of a ``.th`` file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DemucsImportError(f"{path}: file not found")
+    allowed = [(cls, ref) for ref, cls in _STAND_INS.items()] + [fractions.Fraction, argparse.Namespace]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            package = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise DemucsImportError(
+            f"{path}: cannot read it as a reference Demucs checkpoint ({err}). Known model classes: "
+            f"{', '.join(CLASSES)}") from err
+    if not isinstance(package, dict) or not {"klass", "kwargs", "state"} <= set(package):
+        keys = sorted(package) if isinstance(package, dict) else type(package).__name__
+        raise DemucsImportError(f"{path}: not a reference Demucs package; expected a dict with 'klass', 'args', "
+                                f"'kwargs', 'state', got {keys}")
+    klass = package["klass"]
+    if getattr(klass, "reference_path", None) not in CLASSES:
+        raise DemucsImportError(f"{path}: unknown model class {klass!r}; known: {', '.join(CLASSES)}")
+    if package["state"].get("__quantized"):
+        raise DemucsImportError(f"{path}: the weights are DiffQ-quantized (a '_q' export); mss imports only "
+                                "unquantized (fp32/fp16) exports, e.g. mdx / mdx_extra instead of mdx_q / mdx_extra_q")
+    return package
+
+
+def _plain(value: Any) -> Any:
+    """Checkpoint kwargs as YAML-friendly values (Fraction -> float, tuples -> lists)."""
+    if isinstance(value, fractions.Fraction):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _locate(target: str) -> type:
+    from hydra.utils import get_class
+
+    return get_class(target)
+
+
+def model_config(package: dict, source: str = "checkpoint") -> dict:
+    """mss model config (``_target_`` + keyword arguments) of a reference package."""
+    target = CLASSES[package["klass"].reference_path]
+    params = inspect.signature(_locate(target)).parameters
+    names = [n for n in params if n != "self"]
+    kwargs = dict(zip(names, package.get("args") or ()))
+    kwargs.update(package["kwargs"])
+    for key in [k for k in kwargs if k not in params]:
+        warnings.warn(f"{source}: dropping constructor argument {key}={kwargs[key]!r} unknown to {target}",
+                      stacklevel=2)
+        del kwargs[key]
+    if "sources" not in kwargs:
+        raise DemucsImportError(f"{source}: the checkpoint arguments name no 'sources'")
+    return {"_target_": target, **_plain(kwargs)}
+
+
+def _load_weights(net: nn.Module, state: dict, source: str) -> None:
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        raise DemucsImportError(f"{source}: weights do not fit {type(net).__name__} (missing {missing[:5]}, "
+                                f"unexpected {unexpected[:5]}, shape mismatch {wrong[:5]})")
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+
+
+def import_model(path: str | os.PathLike, segment: float | None = None) -> tuple[nn.Module, dict]:
+    """Network (eval mode, weights loaded) and mss model config of a reference ``.th`` file."""
+    package = read_package(path)
+    config = model_config(package, str(path))
+    if segment is not None:
+        config["segment"] = float(segment)
+    net = build_model(config)
+    _load_weights(net, package["state"], str(path))
+    return net.eval(), config
+
+
+def _member_file(folder: Path, signature: str, bag: Path) -> Path:
+    exact = folder / f"{signature}.th"
+    if exact.is_file():
+        return exact
+    found = sorted(folder.glob(f"{signature}-*.th"))
+    if len(found) != 1:
+        what = "no" if not found else "several"
+        raise DemucsImportError(f"{bag}: {what} file for model {signature!r} in {folder} (expected "
+                                f"{signature}.th or {signature}-<checksum>.th)")
+    return found[0]
+
+
+def import_bag(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """Bag (:class:`~mss.separation.bag.BagOfModels`, eval mode) and its mss config from a reference bag ``.yaml``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DemucsImportError(f"{path}: file not found")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise DemucsImportError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(spec, dict) or not isinstance(spec.get("models"), list) or not spec["models"]:
+        raise DemucsImportError(f"{path}: a bag needs a non-empty 'models' list of signatures")
+    members = [import_model(_member_file(path.parent, str(sig), path), segment=spec.get("segment"))
+               for sig in spec["models"]]
+    weights = spec.get("weights")
+    config = {"_target_": BAG_TARGET, "models": [cfg for _, cfg in members],
+              "weights": None if weights is None else [[float(w) for w in row] for row in weights]}
+    from mss.separation.bag import BagOfModels
+
+    bag = BagOfModels([net for net, _ in members], weights=config["weights"])
+    return bag.eval(), config
+
+
+def convert(path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Convert a ``.th`` model or a ``.yaml`` bag into the mss checkpoint ``out``."""
+    path = Path(path).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        net, config = import_bag(path)
+    elif path.suffix == ".th":
+        net, config = import_model(path)
+    else:
+        raise DemucsImportError(f"{path}: expected a reference model (.th) or bag (.yaml)")
+    return save_checkpoint(out, net, config, extra={"imported_from": str(path)})
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """CLI: ``python -m mss.pretrained.import_demucs FILE [out=OUT.ckpt]`` (default ``out``: FILE with ``.ckpt``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options = dict(a.split("=", 1) for a in argv if "=" in a)
+    paths = [a for a in argv if "=" not in a]
+    unknown = set(options) - {"out"}
+    if len(paths) != 1 or unknown:
+        raise SystemExit("usage: python -m mss.pretrained.import_demucs FILE.th|BAG.yaml [out=OUT.ckpt]"
+                         + (f" (unknown options: {sorted(unknown)})" if unknown else ""))
+    src = Path(paths[0])
+    out = Path(options.get("out", src.with_suffix(".ckpt")))
+    written = convert(src, out)
+    print(f"wrote {written}")
+    return written
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DemucsImportError as err:
+        raise SystemExit(f"error: {err}") from None
