@@ -64,3 +64,9 @@ class CombinedLoss(nn.Module):
 
     def forward(self, estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
         return sum(self.weights[k] * loss(estimates, references) for k, loss in self.losses.items())
+
+
+# spectral losses of the RoFormer / Open-Unmix recipes (after _check, which they use)
+from mss.losses.multires import MultiResolutionSTFTL1, SpectrogramMSE  # noqa: E402
+
+__all__ = ["CombinedLoss", "MultiResolutionSTFTL1", "SpectrogramL1", "SpectrogramMSE", "WaveformL1", "WaveformMSE"]
