@@ -1,0 +1,91 @@
+"""Combine checkpoints into one bag-of-models checkpoint:
+``python -m mss.bag ckpt=[a.ckpt,b.ckpt,...] weights=uniform|identity|[[w_11,...],...] out=bag.ckpt``.
+
+- ``uniform``: every member contributes equally to every source (an ensemble).
+- ``identity``: member ``i`` alone gives source ``i`` (the four per-source fine-tuned models of
+  ``experiment=finetune``, passed in the order of ``data.sources``; HT Demucs ``ft``).
+- a ``(members, sources)`` matrix: per-source weights (each source needs a positive total).
+
+The output is an ordinary mss checkpoint (:class:`mss.separation.bag.BagOfModels` config + weights, and the first
+member's data config), so ``python -m mss.evaluate ckpt=bag.ckpt`` and ``python -m mss.separate ckpt=bag.ckpt``
+use it like a single model.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING
+
+from mss.pretrained import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from mss.separation.bag import BagOfModels
+
+__all__ = ["BagConfig", "build_bag", "main"]
+
+
+def _weights(spec: Any, n_models: int, sources: list[str]) -> list[list[float]]:
+    if spec == "uniform":
+        return [[1.0] * len(sources) for _ in range(n_models)]
+    if spec == "identity":
+        if n_models != len(sources):
+            raise ValueError(f"weights=identity needs one checkpoint per source ({len(sources)}: {sources}), got "
+                             f"{n_models}")
+        return [[float(i == j) for j in range(len(sources))] for i in range(n_models)]
+    if isinstance(spec, str):
+        raise ValueError(f"weights={spec!r}: expected uniform, identity or a (models, sources) matrix")
+    return [[float(v) for v in row] for row in spec]
+
+
+def build_bag(ckpts: Sequence[str | Path], weights: Any = "uniform", out: str | Path | None = None) -> BagOfModels:
+    """Bag of the networks of ``ckpts`` with ``weights`` (see module doc); written to ``out`` when given."""
+    if not ckpts:
+        raise ValueError("ckpt=[...]: give at least one checkpoint")
+    stored = [read_checkpoint(c)["mss"] for c in ckpts]
+    members = [load_model(c) for c in ckpts]
+    sources = list(members[0].sources)
+    bag = BagOfModels(members, _weights(weights, len(members), sources))
+    if out is not None:
+        config = {"_target_": "mss.separation.bag.BagOfModels", "models": [s["model"] for s in stored],
+                  "weights": bag.weights.tolist()}
+        save_checkpoint(out, bag, config, data=stored[0].get("data"),
+                        extra={"bag_of": [str(Path(c).resolve()) for c in ckpts]})
+    return bag
+
+
+@dataclass
+class BagConfig:
+    """Command-line schema of ``python -m mss.bag``."""
+
+    ckpt: list[str] = MISSING
+    weights: Any = "uniform"
+    out: str = MISSING
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__.strip())
+        return 0
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(BagConfig), OmegaConf.from_cli(args))
+        if OmegaConf.is_missing(cfg, "ckpt") or OmegaConf.is_missing(cfg, "out"):
+            raise ValueError("ckpt=[a.ckpt,b.ckpt,...] and out=bag.ckpt are required")
+        opts = OmegaConf.to_container(cfg)
+        bag = build_bag(opts["ckpt"], opts["weights"], opts["out"])
+    except (ValueError, CheckpointError, OmegaConfBaseException) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(f"wrote {opts['out']}: bag of {len(bag.models)} models, sources {bag.sources}, weights "
+          f"{bag.weights.tolist()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

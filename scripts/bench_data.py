@@ -1,0 +1,185 @@
+"""Benchmark the training data pipeline: segments/s (and per worker core) of mss's loader with and without repitch
+on 1 and 2 workers, against a naive decode-on-the-fly baseline built on the ``musdb`` package, in the same run; and
+the two repitch backends (quality as round-trip error, speed).
+
+    python scripts/bench_data.py                          # synthetic MUSDB-HQ folder generated in a temp dir
+    python scripts/bench_data.py --root DIR --batches 20  # an existing MUSDB-HQ-layout folder
+    python scripts/bench_data.py --repitch-only --rubberband
+
+Pipelines (batch of ``--batch-size`` examples of 4 stereo stems, ``--segment`` seconds + 1 s shift margin, as
+``augment=demucs`` reads them; random excerpts, no remix):
+
+- ``mss``: :class:`mss.data.datamodule.MSSDataModule` (soundfile seeks into the WAVs), repitch off;
+- ``mss+repitch``: the same with ``augment=demucs``'s repitch (p=0.2, +-2 semitones, tempo N(0, 5 %) clipped at
+  12 %, vocoder backend; ``--rubberband`` adds a row with the Rubber Band backend);
+- ``musdb-wav``: ``musdb.DB(is_wav=True)``, per example a random track, ``chunk_start``/``chunk_duration`` and
+  ``track.sources[s].audio`` for each source (what a naive musdb training loop does);
+- ``musdb-stems``: the same on MUSDB18 ``.stem.mp4`` files (ffmpeg decodes the track for every example).
+
+Throughput = examples delivered per second after one warm-up batch (workers started), main process idle; per core
+= divided by the number of workers (each worker is one process with torch threads fixed to 1). The goal on a
+training host: >= 200 segments/s per core without repitch, >= 20 with it. Load average is printed: on a shared
+machine the absolute figures are pessimistic, the ratios in the same run are what to read.
+
+Repitch table: a two-partial tone and a synthetic vocals stem, shifted by (pitch, tempo) and back; round-trip error
+as waveform SDR and magnitude-spectrogram SNR (phase vocoders do not keep the phase, so the spectral figure is the
+meaningful one), and seconds of compute per second of stereo audio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SOURCES = ["drums", "bass", "other", "vocals"]
+
+
+class MusdbNaive(torch.utils.data.Dataset):
+    """Decode-on-the-fly baseline with the musdb package: random track, random chunk, every source read."""
+
+    def __init__(self, root: Path, is_wav: bool, segment: float, n: int):
+        import musdb
+
+        self.db = musdb.DB(root=str(root), subsets="train", is_wav=is_wav)
+        if not self.db.tracks:
+            raise SystemExit(f"{root}: musdb found no training tracks")
+        self.segment, self.n = segment, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        track = self.db.tracks[int(torch.randint(len(self.db.tracks), ()))]
+        track.chunk_duration = self.segment
+        track.chunk_start = float(torch.rand(()) * max(0.0, track.duration - self.segment))
+        stems = [torch.from_numpy(track.sources[s].audio.T.copy()).float() for s in SOURCES]
+        length = min(x.shape[-1] for x in stems)
+        return torch.stack([x[..., :length] for x in stems])
+
+
+def _collate(items):
+    length = min(x.shape[-1] for x in items)
+    return torch.stack([x[..., :length] for x in items])
+
+
+def throughput(loader, batches: int) -> float:
+    it = iter(loader)
+    next(it)  # warm-up: workers started, files opened
+    start, count = time.perf_counter(), 0
+    for _ in range(batches):
+        count += next(it).shape[0]
+    return count / (time.perf_counter() - start)
+
+
+def mss_loader(root: Path, workers: int, args, repitch: str | None):
+    from mss.data.augment import Repitch
+    from mss.data.datamodule import MSSDataModule
+
+    rp = None if repitch is None else Repitch(proba=0.2, sample_rate=44100, backend=repitch)
+    dm = MSSDataModule(root=str(root), sources=SOURCES, segment=args.segment, segment_margin=1.0,
+                       batch_size=args.batch_size, num_workers=workers, samples_per_epoch=10**6,
+                       valid_tracks=None, cache_dir=str(root.parent / "cache"), repitch=rp, seed=0)
+    dm.setup("fit")
+    return dm.train_dataloader()
+
+
+def naive_loader(root: Path, workers: int, args, is_wav: bool):
+    ds = MusdbNaive(root, is_wav, args.segment + 1.0, 10**6)
+    return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=workers, collate_fn=_collate,
+                                       persistent_workers=False)
+
+
+def repitch_table(seconds: float, rubberband: bool) -> list[str]:
+    from mss.audio.spectral import stft
+    from mss.data.augment import repitch
+    from mss.data.synth import render_track
+
+    sr = 44100
+    t = torch.arange(int(seconds * sr)) / sr
+    tone = 0.3 * torch.sin(2 * math.pi * 440 * t) + 0.2 * torch.sin(2 * math.pi * 660 * t)
+    vocals = render_track("train", 0, sources=["vocals"], duration=max(seconds, 4.0), sample_rate=sr, seed=0)
+    vocals = torch.from_numpy(vocals["vocals"]).float().T[:, : len(t)]
+    vocals = vocals / vocals.abs().max().clamp_min(1e-9) * 0.5
+    signals = {"tone": torch.stack([tone, 0.8 * tone]), "vocals": vocals}
+
+    def errors(ref, est):
+        n, g = min(ref.shape[-1], est.shape[-1]), sr // 4
+        r, e = ref[..., g: n - g], est[..., g: n - g]
+        sdr = 10 * torch.log10(r.square().sum() / (r - e).square().sum().clamp_min(1e-12))
+        R, E = (stft(x, 2048, 512).abs() for x in (r, e))
+        snr = 10 * torch.log10(R.square().sum() / (R - E).square().sum().clamp_min(1e-12))
+        return float(sdr), float(snr)
+
+    rows = ["| backend | signal | pitch, tempo | round-trip SDR (dB) | round-trip spectral SNR (dB) | s per s of "
+            "stereo audio |", "|---|---|---|---|---|---|"]
+    backends = ["vocoder"] + (["rubberband"] if rubberband else [])
+    for backend in backends:
+        for name, x in signals.items():
+            for pitch, tempo in ((2, 1.0), (0, 1.1), (-2, 0.9), (1, 1.05)):
+                start = time.perf_counter()
+                y = repitch(x, pitch, tempo, sr, backend)
+                cost = (time.perf_counter() - start) / (x.shape[-1] / sr)
+                back = repitch(y, -pitch, 1 / tempo, sr, backend)
+                sdr, snr = errors(x, back)
+                rows.append(f"| {backend} | {name} | {pitch:+d} st, x{tempo:g} | {sdr:.1f} | {snr:.1f} | {cost:.3f} |")
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", type=Path, help="MUSDB-HQ-layout folder (default: generate a synthetic one)")
+    p.add_argument("--tracks", type=int, default=6)
+    p.add_argument("--duration", type=float, default=20.0)
+    p.add_argument("--segment", type=float, default=7.8, help="training seconds (1 s shift margin is added)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batches", type=int, default=6)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--rubberband", action="store_true", help="also time the Rubber Band repitch backend")
+    p.add_argument("--no-musdb-stems", action="store_true")
+    p.add_argument("--repitch-only", action="store_true", help="only the repitch backend table")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    if args.repitch_only:
+        print("\n".join(repitch_table(3.0, args.rubberband)))
+        return
+    from mss.data.synth import generate
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench_data_")
+    root = args.root or generate(Path(tmp.name) / "synth", n_train=args.tracks, n_valid=0, n_test=0,
+                                 duration=args.duration, seed=0, stems_mp4=not args.no_musdb_stems)
+    print(f"# data: {root} ({args.tracks} tracks x {args.duration:g} s), batch {args.batch_size}, segment "
+          f"{args.segment:g} s + 1 s margin, {args.batches} timed batches; load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores")
+    pipelines = [("mss", lambda w: mss_loader(root, w, args, None)),
+                 ("mss+repitch (vocoder)", lambda w: mss_loader(root, w, args, "vocoder"))]
+    if args.rubberband:
+        pipelines.append(("mss+repitch (rubberband)", lambda w: mss_loader(root, w, args, "rubberband")))
+    pipelines.append(("musdb-wav (naive)", lambda w: naive_loader(root, w, args, True)))
+    if (root / "stems").is_dir() and not args.no_musdb_stems:
+        pipelines.append(("musdb-stems (naive, ffmpeg)", lambda w: naive_loader(root / "stems", w, args, False)))
+    results: dict[tuple[str, int], float] = {}
+    print("\n| pipeline | workers | segments/s | per core | vs musdb-wav (same workers) |\n|---|---|---|---|---|")
+    for name, make in pipelines:
+        for w in args.workers:
+            results[name, w] = throughput(make(w), args.batches)
+    for name, _ in pipelines:
+        for w in args.workers:
+            v = results[name, w]
+            base = results.get(("musdb-wav (naive)", w))
+            print(f"| {name} | {w} | {v:.1f} | {v / w:.1f} | {v / base:.2f}x |" if base else "")
+    print("\n" + "\n".join(repitch_table(3.0, args.rubberband)))
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
