@@ -3,21 +3,30 @@
 With no arguments it trains the Spleeter U-Net on the embedded synthetic dataset (generated on first use), then
 evaluates the best checkpoint on the test split. The run directory holds ``config.yaml``, ``git_sha.txt``,
 ``checkpoints/{best,last}.ckpt``, the metrics CSV and ``eval/results.{md,csv}``.
+
+Resume (see ``docs/workflow.md``): ``ckpt_path=last`` (this run directory's ``checkpoints/last.ckpt``), a run
+directory, or a checkpoint file; with ``auto_resume: true`` a run directory that already holds a last checkpoint
+(a re-queued job re-running its command) resumes by itself. Model, EMA, optimiser, scheduler, epoch/step, the random
+generators and the data sampler position are restored. Under DDP only rank 0 writes run files and evaluates.
+Sweeps read the value of ``optimized_metric`` that :func:`main` returns.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 import mss
+from mss.lightning.resume import AtomicCheckpointIO, RNGState
 from mss.models import build_model
 from mss.run import save_run_info
 from mss.utils import git_revision
@@ -43,23 +52,54 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     module.mss_config = checkpoint_config(cfg)  # set after instantiate: Hydra would build its nested _target_s
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # exact resume (RNG state), crash-safe checkpoint files; the datamodule shards data across ranks itself
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks + [RNGState()], logger=loggers or False,
+                                     plugins=[AtomicCheckpointIO()], use_distributed_sampler=False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return {"datamodule": datamodule, "module": module, "trainer": trainer}
+
+
+def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:
+    """The checkpoint to resume from: ``ckpt_path`` = ``last`` (``<run dir>/checkpoints/last.ckpt``; a fresh start
+    when there is none, as in Lightning), a run directory (its last checkpoint), or a checkpoint file; unset, the
+    run directory's newest last/SLURM checkpoint when ``auto_resume`` is true."""
+    spec, own_last = cfg.get("ckpt_path"), out / "checkpoints" / "last.ckpt"
+    if spec is None:
+        # the newest of last.ckpt and Lightning's SLURM pre-emption checkpoints (hpc_ckpt_<n>.ckpt)
+        candidates = [p for p in [own_last, *out.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+        if cfg.get("auto_resume") and candidates:
+            newest = max(candidates, key=lambda p: p.stat().st_mtime)
+            log.info("auto_resume: resuming from %s", newest)
+            return str(newest)
+        return None
+    if str(spec) == "last":
+        if own_last.is_file():
+            return str(own_last)
+        log.warning("ckpt_path=last: %s does not exist, starting from scratch", own_last)
+        return None
+    path = Path(str(spec)).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={spec}: checkpoint not found ({path}); expected `last`, a run directory "
+                                "with checkpoints/last.ckpt, or a .ckpt file")
+    return str(path)
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit (and optionally test-evaluate) a model; returns ``(metrics, objects)``."""
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
-    save_run_info(cfg, out)
+    if rank_zero_only.rank == 0:  # DDP ranks > 0 share rank 0's run directory and write nothing of their own
+        save_run_info(cfg, out)
+    ckpt_path = resume_checkpoint(cfg, out)
     objects = build(cfg)
     trainer: L.Trainer = objects["trainer"]
-    trainer.fit(objects["module"], datamodule=objects["datamodule"], ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(objects["module"], datamodule=objects["datamodule"], ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     ckpt = best_checkpoint(trainer)
-    if cfg.get("test") and ckpt is not None and not trainer.fast_dev_run:
+    if cfg.get("test") and ckpt is not None and not trainer.fast_dev_run and trainer.is_global_zero:
         from mss.evaluate import evaluate
 
         table = evaluate(ckpt, cfg.data, cfg.evaluation, out / "eval")
@@ -77,11 +117,53 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
     return cb.best_model_path or cb.last_model_path or None
 
 
+def metric_value(metrics: dict[str, float], name: str | None, strict: bool = True) -> float | None:
+    """The value a sweep optimises (``optimized_metric``); ``None`` when unset, or missing and not ``strict``."""
+    if not name:
+        return None
+    if name not in metrics:
+        message = f"optimized_metric={name!r} was not logged; logged metrics: {sorted(metrics)}"
+        if strict:
+            raise KeyError(message)
+        log.warning(message)
+        return None
+    value = metrics[name]
+    return None if math.isnan(value) else value
+
+
+def _ddp_child_command(local_rank: int) -> tuple[list[str], str]:
+    """Command line of DDP rank ``local_rank`` inside a Hydra *multirun* job. Lightning re-runs ``sys.argv`` for
+    ranks > 0, which in a sweep would start the whole sweep again in every child; run this job's overrides into this
+    job's directory instead (plain runs keep Lightning's own command)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd
+
+    import __main__
+
+    hc = HydraConfig.get()
+    module = __main__.__spec__.name if __main__.__spec__ is not None else "mss.train"
+    command = [sys.executable, "-m", module, f"--config-name={hc.job.config_name}", *hc.overrides.task,
+               f"hydra.run.dir={hc.runtime.output_dir}", f"hydra.job.name=train_ddp_process_{local_rank}",
+               "hydra.output_subdir=null"]
+    return command, get_original_cwd()
+
+
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    metrics, _ = train(cfg)
-    value = metrics.get(cfg.get("optimized_metric") or "")
-    return None if value is None or math.isnan(value) else value
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    if sweep:
+        from lightning.fabric.strategies.launchers import subprocess_script
+
+        subprocess_script._hydra_subprocess_cmd = _ddp_child_command
+    try:
+        metrics, _ = train(cfg)
+    finally:
+        if "wandb" in sys.modules:  # close the run so the next job of a sweep starts its own
+            sys.modules["wandb"].finish()
+    return metric_value(metrics, cfg.get("optimized_metric"), strict=sweep)
 
 
 if __name__ == "__main__":

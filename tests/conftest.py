@@ -19,6 +19,21 @@ TINY_MODEL = [
 ]
 TINY_MODELS: dict[str, list[str]] = {
     "mss.models.unet.SpleeterUNet": TINY_MODEL,
+    # hybrid Demucs family: 8 channels (transformer width 64 = 8 heads of 8), HT STFT 2048 (4 bins at the bottom)
+    "mss.models.htdemucs.HTDemucs": ["model.channels=8", "model.nfft=2048", "model.dconv_comp=4",
+                                     "model.bottom_channels=0", "model.t_layers=2", "model.segment=${data.segment}"],
+    "mss.models.hdemucs.HDemucs": ["model.channels=8", "model.segment=${data.segment}"],
+    # waveform Demucs: 4 channels; v3 keeps 5 layers so the BiLSTM / local attention of layer 4 run
+    "mss.models.demucs.DemucsV2": ["model.channels=4", "model.depth=4", "model.segment_length=44100"],
+    "mss.models.demucs.Demucs": ["model.channels=4", "model.depth=5", "model.segment=${data.segment}"],
+    # band-split RoFormers: width 16, one block, 2 heads of 8, STFT 256 / 64 (129 bins in 6 bands or 8 mel bands)
+    **{target: ["model.dim=16", "model.depth=1", "model.heads=2", "model.head_dim=8", "model.n_fft=256",
+                "model.hop_length=64", "model.segment_length=44100", extra]
+       for target, extra in (("mss.models.bs_roformer.BSRoformer", "model.freqs_per_bands=[4,4,8,16,32,65]"),
+                             ("mss.models.mel_roformer.MelRoformer", "model.num_bands=8"))},
+    # Open-Unmix: hidden 16, STFT 512 / 128
+    "mss.models.openunmix.OpenUnmix": ["model.hidden_size=16", "model.n_fft=512", "model.hop_length=128",
+                                       "model.segment=${data.segment}"],
 }
 # Short training on the session dataset, independent of the model.
 TINY_RUN = [
@@ -42,10 +57,27 @@ def tiny_overrides(cfg) -> list[str]:
     if target not in TINY_MODELS:
         raise KeyError(f"no tiny overrides for {target}: add an entry to tests/conftest.py TINY_MODELS")
     loss = [o for o in TINY_LOSS if o.split("=")[0].rsplit(".", 1)[1] in cfg.module.loss]
-    return TINY_MODELS[target] + loss
+    # recipes that remix in groups of 4 (augment=demucs): groups of the tiny batch instead
+    from omegaconf import OmegaConf
+
+    remix = ["augment.transforms.remix.group_size=${data.batch_size}"] if OmegaConf.select(
+        cfg, "augment.transforms.remix.group_size") is not None else []
+    return TINY_MODELS[target] + loss + remix
 
 
 SYNTH = dict(n_train=3, n_valid=1, n_test=2, duration=5.0, seed=7)
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test with one torch thread (restored afterwards): on an oversubscribed machine, OpenMP threads waiting
+    for each other make small-tensor training loops many times slower than one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,12 @@ cache), custom folders in the same layout, and the embedded synthetic dataset (g
 
 Batches: training ``(B, S, C, T)`` stems (the mixture is formed after augmentation, in the LightningModule);
 validation/test one whole track at a time (``{"name", "mixture": (1, C, T), "stems": (1, S, C, T)}``).
+
+Distributed and resumable: the training order is a function of ``(seed, epoch)`` only, and each example's random
+excerpt a function of ``(seed, epoch, position)`` (:class:`EpochSampler`), so it does not depend on the number of
+workers or ranks; ranks take interleaved positions of one global order (a global batch is the same examples whatever
+the world size), validation/test tracks are split across ranks, and the position within an epoch is saved in
+checkpoints (:meth:`MSSDataModule.state_dict`) so a run resumed mid-epoch continues with the very next batch.
 """
 
 from __future__ import annotations
@@ -13,12 +19,70 @@ import os
 from pathlib import Path
 
 import lightning as L
-from torch.utils.data import DataLoader
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mss.data.datasets import SegmentDataset, TrackDataset
 from mss.data.tracks import DatasetError, Track, decode_stems, find_tracks, read_track_list
 
 FORMATS = ("wav", "flac", "stems")
+
+
+class EpochSampler(Sampler):
+    """Deterministic, resumable, rank-sharded order of the training examples.
+
+    Epoch ``e`` visits a permutation of ``range(n)`` drawn from ``(seed, e)``; rank ``r`` of ``world_size`` takes
+    positions ``r, r + W, r + 2W, ...`` (``n // W`` each). It yields ``(index, item_seed)`` pairs, ``item_seed`` a
+    function of ``(seed, epoch, position)`` that :class:`SeededDataset` uses for the example's own randomness.
+    :meth:`resume` makes the next iteration of that epoch start ``skip`` examples (this rank's) later.
+    """
+
+    def __init__(self, n: int, *, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"EpochSampler: rank {rank} is not in [0, {world_size})")
+        if n < world_size:
+            raise ValueError(f"EpochSampler: {n} examples cannot be split over {world_size} ranks")
+        self.n, self.seed, self.rank, self.world_size, self.shuffle = n, int(seed), rank, world_size, shuffle
+        self.epoch, self._skip = 0, 0
+
+    def __len__(self) -> int:
+        return self.n // self.world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning before every epoch."""
+        self.epoch = int(epoch)
+
+    def resume(self, epoch: int, skip: int) -> None:
+        self.epoch, self._skip = int(epoch), int(skip)
+
+    def __iter__(self):
+        epoch, skip, self._skip = self.epoch, self._skip, 0
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(self.n, generator=generator).tolist() if self.shuffle else list(range(self.n))
+        for position in range(self.rank + skip * self.world_size, len(self) * self.world_size, self.world_size):
+            item_seed = int(np.random.SeedSequence((self.seed, epoch, position)).generate_state(1)[0])
+            yield order[position], item_seed
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset whose items draw from torch's global generator: item ``(index, seed)`` is drawn with the
+    generator seeded by ``seed`` (in a forked RNG state, so the caller's random stream is left untouched); a plain
+    ``index`` reads the wrapped dataset as it is."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        if not isinstance(item, tuple):
+            return self.dataset[item]
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 class MSSDataModule(L.LightningDataModule):
@@ -36,6 +100,11 @@ class MSSDataModule(L.LightningDataModule):
         aggregates: sources built by summing others when they have no file (``accompaniment``).
         convert: resample / convert channels of mismatching files on load (with a warning) instead of raising.
         synth: parameters for :func:`mss.data.synth.generate`; the dataset is generated when missing.
+        seed: seed of the training order and excerpts (default: the seed of ``lightning.seed_everything``, i.e.
+            the run's ``seed``, else 0).
+        repitch: optional :class:`mss.data.augment.Repitch` (pitch/tempo change in the loader workers).
+        segment_margin: seconds read beyond ``segment`` for batch augmentations that shorten the excerpt (the
+            ``Shift`` of ``augment=demucs``), so the network still trains on ``segment`` seconds.
     """
 
     def __init__(self, *, root: str | None, sources: list[str], sample_rate: int = 44100, channels: int = 2,
@@ -43,7 +112,8 @@ class MSSDataModule(L.LightningDataModule):
                  samples_per_epoch: int = 1000, remix: bool = False, valid_tracks="musdb",
                  train_subset: str = "train", test_subset: str = "test",
                  aggregates: dict[str, list[str]] | None = None, convert: bool = False,
-                 cache_dir: str = "~/.cache/mss", synth: dict | None = None, pin_memory: bool = False):
+                 cache_dir: str = "~/.cache/mss", synth: dict | None = None, pin_memory: bool = False,
+                 seed: int | None = None, repitch=None, segment_margin: float = 0.0):
         super().__init__()
         if format not in FORMATS:
             raise ValueError(f"data.format={format!r}: expected one of {FORMATS}")
@@ -57,10 +127,14 @@ class MSSDataModule(L.LightningDataModule):
         self.valid_spec, self.train_subset, self.test_subset = valid_tracks, train_subset, test_subset
         self.aggregates, self.convert, self.pin_memory = dict(aggregates or {}), convert, pin_memory
         self.cache_dir = Path(os.path.expanduser(cache_dir))
+        self.repitch, self.segment_margin = repitch, float(segment_margin)
         self.synth = dict(synth) if synth is not None else None
         self.root = Path(root).expanduser() if root is not None else self._synth_root()
         self.tracks: dict[str, list[Track]] = {}
         self._decoded: Path | None = None
+        self.seed = seed
+        self._sampler: EpochSampler | None = None
+        self._resume: dict | None = None
 
     def _synth_root(self) -> Path:
         spec = json.dumps({"sources": self.sources, "sample_rate": self.sample_rate, **self.synth}, sort_keys=True)
@@ -106,6 +180,37 @@ class MSSDataModule(L.LightningDataModule):
         if stage in ("test", "predict", None) and "test" not in self.tracks:
             self.tracks["test"] = self._find(self.test_subset)
 
+    # -- distributed -----------------------------------------------------------------------------------------------
+    @property
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _shard(self, tracks: list[Track], split: str) -> list[Track]:
+        """This rank's share of whole tracks (every track on exactly one rank; metrics are reduced across ranks)."""
+        rank, world = self._rank_world
+        if world > 1 and len(tracks) < world:
+            raise DatasetError(f"{split}: {len(tracks)} tracks cannot be split over {world} ranks (each rank needs "
+                               f"at least one); use more {split} tracks or fewer devices")
+        return tracks[rank::world]
+
+    # -- resume: position within the epoch, saved in checkpoints ---------------------------------------------------
+    def state_dict(self) -> dict:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or self._sampler is None or trainer.state.fn != "fit":
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        epoch = trainer.current_epoch
+        if done >= trainer.num_training_batches:  # saved at the end of the epoch: the next one starts afresh
+            epoch, done = epoch + 1, 0
+        return {"epoch": epoch, "batches": done, "batch_size": self.batch_size, "world_size": trainer.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and state.get("batch_size", self.batch_size) != self.batch_size:
+            raise ValueError(f"resuming mid-epoch with data.batch_size={self.batch_size}, but the checkpoint was "
+                             f"written with {state['batch_size']}: use the same batch size")
+        self._resume = state or None
+
     # -- loaders ---------------------------------------------------------------------------------------------
     def track_dataset(self, split: str) -> TrackDataset:
         """Whole tracks of ``split`` (``train``, ``valid`` or ``test``; call :meth:`setup` first)."""
@@ -119,13 +224,35 @@ class MSSDataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0, **kw)
 
     def train_dataloader(self) -> DataLoader:
-        dataset = SegmentDataset(self.tracks["train"], self.sources, segment=round(self.segment * self.sample_rate),
+        segment = round((self.segment + self.segment_margin) * self.sample_rate)
+        dataset = SegmentDataset(self.tracks["train"], self.sources, segment=segment,
                                  samples_per_epoch=self.samples_per_epoch, channels=self.channels,
-                                 sample_rate=self.sample_rate, remix=self.remix, convert=self.convert)
-        return self._loader(dataset, batch_size=self.batch_size, shuffle=True, drop_last=True)
+                                 sample_rate=self.sample_rate, remix=self.remix, convert=self.convert,
+                                 repitch=self.repitch)
+        rank, world = self._rank_world
+        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        self._sampler = EpochSampler(len(dataset), seed=seed, rank=rank, world_size=world)
+        if self._resume:
+            if self._resume["batches"] and self._resume.get("world_size", world) != world:
+                raise ValueError(f"resuming mid-epoch on {world} process(es), but the checkpoint was written by "
+                                 f"{self._resume['world_size']}: use the same number of devices (or resume from an "
+                                 "end-of-epoch checkpoint)")
+            self._sampler.resume(self._resume["epoch"], self._resume["batches"] * self.batch_size)
+            self._resume = None
+        elif getattr(self, "trainer", None) is not None:
+            self._sampler.set_epoch(self.trainer.current_epoch)
+        # the loader's own generator: iterating never draws from (and so never shifts) the training process's RNG
+        return self._loader(SeededDataset(dataset), batch_size=self.batch_size, sampler=self._sampler,
+                            drop_last=True, generator=torch.Generator().manual_seed(seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.track_dataset("valid"), batch_size=1)
+        return self._loader(self._sharded_tracks("valid"), batch_size=1)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.track_dataset("test"), batch_size=1)
+        return self._loader(self._sharded_tracks("test"), batch_size=1)
+
+    def _sharded_tracks(self, split: str) -> TrackDataset:
+        if split not in self.tracks:
+            raise KeyError(f"split {split!r} is not set up; available: {sorted(self.tracks)}")
+        return TrackDataset(self._shard(self.tracks[split], split), self.sources, channels=self.channels,
+                            sample_rate=self.sample_rate, convert=self.convert)

@@ -9,6 +9,8 @@ checkpoint so :func:`mss.load_model` can rebuild the network with no other input
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,8 @@ from torch import nn
 from mss.metrics import nsdr
 from mss.separation.apply import apply_model
 
+log = logging.getLogger("mss.lightning")
+
 
 class SeparationModule(L.LightningModule):
     """Args:
@@ -28,11 +32,22 @@ class SeparationModule(L.LightningModule):
         scheduler: optional partial of an LR scheduler, completed with the optimiser.
         scheduler_interval: ``epoch`` or ``step``; ``scheduler_monitor``: metric for plateau schedulers.
         sources: source names (``${data.sources}``), order of the net's S axis.
-        source_weights: per-source loss weights by name (missing names weigh 1; one-hot = per-source fine-tuning).
+        source_weights: per-source loss weights by name (missing names weigh 1), or one source name for one-hot
+            weights (per-source fine-tuning: ``module.source_weights=vocals``).
         augment: optional module applied to the ``(B, S, C, T)`` stem batch before mixing.
         valid_segment: overlap-add chunk in seconds for validation (default: the net's ``segment_length``).
         valid_overlap, valid_batch_size: overlap-add settings for validation.
         mss_config: resolved config (model, data, ...) saved in checkpoints under ``"mss"``.
+        init_checkpoint: mss checkpoint whose network weights initialise ``net`` (fine-tuning); its model config
+            and sources must match.
+        param_groups: ``{regex: optimiser options}``: parameters whose name (in ``net``) matches a regex get those
+            options (first match wins), e.g. ``{transformer: {weight_decay: 0.05}}``; the rest use the defaults.
+        unlabeled: the unlabeled-remixing extra step (Demucs 2019): ``{dataset, proba, weight, lr_scale,
+            batch_size, num_workers, gradient_clip_val, seed}`` with ``dataset`` yielding ``{"source": i,
+            "excerpt": (C, T)}`` (see :mod:`mss.data.unlabeled`). Turns on manual optimisation: after each regular
+            step, with probability ``proba``, the isolated stem ``s_i`` of a batch example is added to an excerpt
+            ``m_i`` where source ``i`` is silent and a second optimiser (same class, lr x ``lr_scale``) steps on
+            ``|est_i - s_i|_1 + weight * |sum_{j != i} est_j - m_i|_1``, logged as ``train/unlabeled_loss``.
     """
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable[..., torch.optim.Optimizer], *,
@@ -40,12 +55,15 @@ class SeparationModule(L.LightningModule):
                  scheduler_interval: str = "epoch", scheduler_monitor: str | None = None,
                  source_weights: dict[str, float] | None = None, augment: nn.Module | None = None,
                  valid_segment: float | None = None, valid_overlap: float = 0.25, valid_batch_size: int = 4,
-                 mss_config: dict | None = None):
+                 mss_config: dict | None = None, init_checkpoint: str | None = None,
+                 param_groups: dict[str, dict] | None = None, unlabeled: dict | None = None):
         super().__init__()
         self.net, self.loss, self.augment = net, loss, augment
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval, self.scheduler_monitor = scheduler_interval, scheduler_monitor
         self.sources, self.sample_rate = list(sources), int(sample_rate)
+        if isinstance(source_weights, str):
+            source_weights = {s: float(s == source_weights) for s in self.sources} | {source_weights: 1.0}
         unknown = set(source_weights or {}) - set(self.sources)
         if unknown:
             raise ValueError(f"module.source_weights: unknown source(s) {sorted(unknown)}; sources are {self.sources}")
@@ -55,6 +73,30 @@ class SeparationModule(L.LightningModule):
         self.register_buffer("source_weights", weights, persistent=False)
         self.valid_segment, self.valid_overlap, self.valid_batch_size = valid_segment, valid_overlap, valid_batch_size
         self.mss_config = mss_config or {}
+        self.param_groups = dict(param_groups or {})
+        self.unlabeled = dict(unlabeled) if unlabeled else None
+        self.automatic_optimization = self.unlabeled is None
+        self._unlabeled_iter = None
+        if init_checkpoint:
+            self._init_from_checkpoint(init_checkpoint)
+
+    def _init_from_checkpoint(self, path: str) -> None:
+        """Load the network weights of an mss checkpoint (same model config and sources) into ``net``."""
+        from mss.pretrained import CheckpointError, read_checkpoint
+
+        ckpt = read_checkpoint(path)
+        stored = list(ckpt["mss"].get("data", {}).get("sources", self.sources))
+        if stored != self.sources:
+            raise CheckpointError(f"{path}: module.init_checkpoint was trained on sources {stored}, this run "
+                                  f"separates {self.sources} (set data.sources to match)")
+        state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        try:
+            self.net.load_state_dict(state)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: module.init_checkpoint weights do not fit model "
+                                  f"{type(self.net).__name__} (use the model config stored in the checkpoint): "
+                                  f"{str(err).splitlines()[0]}") from err
+        log.info("initialised %s from %s", type(self.net).__name__, path)
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         """``(B, C, T)`` mixture → ``(B, S, C, T)`` estimates."""
@@ -64,13 +106,88 @@ class SeparationModule(L.LightningModule):
     def training_step(self, stems: torch.Tensor, batch_idx: int) -> torch.Tensor:
         if self.augment is not None:
             stems = self.augment(stems)
+        loss = self._supervised_loss(stems)
+        if self.automatic_optimization:
+            return loss
+        optimizer, extra = self.optimizers()
+        self._manual_step(optimizer, loss)
+        if self.lr_schedulers() is not None and self.scheduler_interval == "step":
+            self.lr_schedulers().step()
+        if torch.rand((), generator=self._unlabeled_rng).item() < float(self.unlabeled.get("proba", 0.25)):
+            self._manual_step(extra, self._unlabeled_loss(stems.detach()))
+        return loss.detach()
+
+    def _supervised_loss(self, stems: torch.Tensor) -> torch.Tensor:
         estimates = self.net(stems.sum(dim=1))
         per_source = self.loss(estimates, stems)
         loss = (per_source * self.source_weights).sum() / self.source_weights.sum()
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=stems.shape[0])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=stems.shape[0],
+                 sync_dist=True)  # the global batch's loss under DDP
         for name, value in zip(self.sources, per_source.detach()):
-            self.log(f"train/loss/{name}", value, on_step=False, on_epoch=True, batch_size=stems.shape[0])
+            self.log(f"train/loss/{name}", value, on_step=False, on_epoch=True, batch_size=stems.shape[0],
+                     sync_dist=True)
         return loss
+
+    # -- unlabeled remixing (manual optimisation) ------------------------------------------------------------------
+    def _manual_step(self, optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        clip = self.unlabeled.get("gradient_clip_val")
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=float(clip), gradient_clip_algorithm="norm")
+        optimizer.step()
+
+    def on_train_start(self) -> None:
+        if self.unlabeled is None:
+            return
+        cfg = self.unlabeled
+        seed = int(cfg.get("seed", 0)) + 1000 * self.global_rank
+        self._unlabeled_rng = torch.Generator().manual_seed(int(cfg.get("seed", 0)))  # same draws on every rank
+        self._unlabeled_loader = torch.utils.data.DataLoader(
+            cfg["dataset"], batch_size=int(cfg.get("batch_size", 4)), num_workers=int(cfg.get("num_workers", 0)),
+            shuffle=True, drop_last=False, generator=torch.Generator().manual_seed(seed),
+            persistent_workers=int(cfg.get("num_workers", 0)) > 0)
+
+    def _next_unlabeled(self) -> dict:
+        for _ in range(2):
+            if self._unlabeled_iter is None:
+                self._unlabeled_iter = iter(self._unlabeled_loader)
+            try:
+                return next(self._unlabeled_iter)
+            except StopIteration:
+                self._unlabeled_iter = None
+        raise RuntimeError("module.unlabeled.dataset is empty")
+
+    def _unlabeled_loss(self, stems: torch.Tensor) -> torch.Tensor:
+        """``|est_i - s_i|_1 + weight * |sum_{j != i} est_j - m_i|_1`` on ``s' = s_i + m_i``: ``s_i`` the stem of source
+        ``i`` of regular batch examples ``(n, C, T)``, ``m_i`` unlabeled excerpts with source ``i`` silent."""
+        batch = self._next_unlabeled()
+        source = batch["source"].to(self.device).long()
+        excerpt = batch["excerpt"].to(self.device, stems.dtype)
+        n, length = min(len(source), stems.shape[0]), min(excerpt.shape[-1], stems.shape[-1])
+        source, excerpt = source[:n], excerpt[:n, :, :length]
+        rows = torch.arange(n, device=self.device)
+        isolated = stems[rows, source, :, :length]
+        estimates = self.net(isolated + excerpt)
+        target_est = estimates[rows, source]
+        rest = estimates.sum(dim=1) - target_est
+        strong = (target_est - isolated).abs().mean()
+        weak = (rest - excerpt).abs().mean()
+        loss = strong + float(self.unlabeled.get("weight", 1e-6)) * weak
+        self.log("train/unlabeled_loss", loss, on_step=True, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("train/unlabeled_loss/weak", weak, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        scheduler = None if self.automatic_optimization else self.lr_schedulers()
+        if scheduler is None or self.scheduler_interval != "epoch":
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            value = self.trainer.callback_metrics.get(self.scheduler_monitor or "")
+            if value is not None:
+                scheduler.step(value)
+        else:
+            scheduler.step()
 
     # -- whole-track validation -------------------------------------------------------------------------------
     def separate(self, mix: torch.Tensor, **kw: Any) -> torch.Tensor:
@@ -82,17 +199,38 @@ class SeparationModule(L.LightningModule):
         return apply_model(self.net, mix, **kw)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # tracks are split across DDP ranks; sync_dist makes each value the mean over all tracks of all ranks
         estimates = self.separate(batch["mixture"])
         stems = batch["stems"]
         scores = nsdr(stems, estimates)[0]
         for name, value in zip(self.sources, scores):
-            self.log(f"val/nsdr/{name}", value, batch_size=1)
-        self.log("val/nsdr", scores.mean(), prog_bar=True, batch_size=1)
-        self.log("val/loss", (estimates - stems).abs().mean(), batch_size=1)
+            self.log(f"val/nsdr/{name}", value, batch_size=1, sync_dist=True)
+        self.log("val/nsdr", scores.mean(), prog_bar=True, batch_size=1, sync_dist=True)
+        self.log("val/loss", (estimates - stems).abs().mean(), batch_size=1, sync_dist=True)
 
     # -- optimisation and checkpoints ---------------------------------------------------------------------------
+    def parameter_groups(self) -> list[dict]:
+        """Trainable parameters grouped by :attr:`param_groups` regexes on their ``net`` names (plus everything else
+        in a default group: the loss or augmentations may have parameters too)."""
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        patterns = [(re.compile(rx), dict(opts)) for rx, opts in self.param_groups.items()]
+        groups = [{"params": [], **opts} for _, opts in patterns] + [{"params": []}]
+        for name, param in named:
+            local = name[4:] if name.startswith("net.") else name
+            hit = next((i for i, (rx, _) in enumerate(patterns) if rx.search(local)), len(patterns))
+            groups[hit]["params"].append(param)
+        return [g for g in groups if g["params"]]
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        optimizer = self.optimizer_factory(params=self.parameter_groups())
+        if self.unlabeled is not None:
+            extra = self.optimizer_factory(params=self.parameter_groups())
+            for group in extra.param_groups:
+                group["lr"] *= float(self.unlabeled.get("lr_scale", 0.1))
+            optimizer = [optimizer, extra]
+            if self.scheduler_factory is None:
+                return optimizer
+            return optimizer, [self.scheduler_factory(optimizer=optimizer[0])]
         if self.scheduler_factory is None:
             return optimizer
         scheduler = {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": self.scheduler_interval}

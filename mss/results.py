@@ -1,0 +1,275 @@
+"""Collect training runs and sweeps into one comparison: ``python -m mss.results DIR [DIR ...] [--out OUT]``.
+
+Each ``DIR`` is a run directory (it holds ``config.yaml``) or any folder above run directories (a multirun / Optuna
+sweep, a ``logs/`` tree); runs are found recursively. Per run it reads the resolved config, ``git_sha.txt``, the
+Lightning CSV log (``csv/metrics.csv``), the test evaluation table (``eval/results.csv``) and museval's per-track
+JSON files (``eval/museval/<subset>/*.json``). Written to ``OUT`` (default: ``<DIR>/results`` for one ``DIR``):
+
+- ``results.{md,csv,tex}``: one row per run; the config keys whose values differ between runs, then per source the
+  test SDR (BSS Eval v4: median over 1 s frames per track, then the median over tracks, SiSEC18, or the mean with
+  ``--stat mean``; column names say which), their mean over sources, and the best validation nSDR (MDX
+  whole-track SDR, mean over validation tracks) with per-source values at that epoch;
+- ``sdr_bars.png``: test (or, without evaluation, validation) SDR per source, one bar per run;
+- ``sdr_boxes.png``: SiSEC-style box plots of the per-track SDR over test tracks, per source and run;
+- ``learning_curves.png``: training loss and validation nSDR per epoch, one line per run.
+
+The same functions back ``notebooks/ablations.ipynb``: :func:`find_runs`, :func:`load_runs`, :func:`results_table`,
+:func:`track_scores`, :func:`plot_sdr_bars`, :func:`plot_learning_curves`; tables, box plots and SDR definitions
+come from :mod:`mss.report` (this module only finds and reads runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from mss.report import comparison_table, definition, load_method, plot_boxes, write_table
+from mss.utils import atomic_write
+
+log = logging.getLogger("mss.results")
+
+STATS = ("median", "mean")  # over test tracks, of the per-track medians over frames
+VAL_NOTE = "val nSDR: MDX whole-track SDR, mean over validation tracks, at the epoch with the best mean."
+# config keys that name a run's own folders (always different, never a factor of the comparison)
+_PATH_KEYS = ("dirpath", "save_dir", "default_root_dir", "output_dir", "cache_dir", "log_dir", "ckpt_path")
+_IGNORED_PREFIXES = ("paths.", "hydra.")
+
+
+@dataclass
+class Run:
+    """One training run directory, loaded."""
+
+    path: Path
+    name: str
+    config: dict = field(default_factory=dict)  # flattened resolved config ({"model.filters": "[16, 32]", ...})
+    git_sha: str = "unknown"
+    metrics: pd.DataFrame | None = None  # Lightning CSV log (rows: logging events)
+    results: pd.DataFrame | None = None  # eval/results.csv (index: sources + "mean")
+
+    @property
+    def epochs(self) -> pd.DataFrame:
+        """Per-epoch values of the CSV log (one row per epoch; step-level columns dropped)."""
+        if self.metrics is None or "epoch" not in self.metrics:
+            return pd.DataFrame()
+        return self.metrics.groupby("epoch").last(skipna=True)
+
+    def best_validation(self, metric: str = "val/nsdr") -> pd.Series | None:
+        """The epoch row with the best ``metric`` (max), or ``None`` without validation."""
+        epochs = self.epochs
+        if metric not in epochs or epochs[metric].isna().all():
+            return None
+        return epochs.loc[epochs[metric].idxmax()]
+
+
+def _flatten(node, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, dict):
+        out: dict[str, str] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node if isinstance(node, (int, float, str, bool)) or node is None else json.dumps(node)}
+
+
+def find_runs(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Run directories (holding ``config.yaml``) at or below each path, sorted, without duplicates."""
+    found: dict[Path, None] = {}
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such run or sweep directory")
+        candidates = [p] if (p / "config.yaml").is_file() else sorted(c.parent for c in p.rglob("config.yaml"))
+        for c in candidates:
+            if ".hydra" not in c.parts and "results" != c.name:
+                found[c.resolve()] = None
+    if not found:
+        raise FileNotFoundError(f"no run directories (with config.yaml) under {', '.join(map(str, paths))}")
+    return list(found)
+
+
+def load_run(path: str | os.PathLike, name: str | None = None) -> Run:
+    """Read what a run directory holds (missing pieces stay ``None``)."""
+    path = Path(path)
+    config_file = path / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path}: not a run directory (no config.yaml)")
+    run = Run(path=path, name=name or path.name, config=_flatten(yaml.safe_load(config_file.read_text()) or {}))
+    if (path / "git_sha.txt").is_file():
+        run.git_sha = (path / "git_sha.txt").read_text().strip()
+    csvs = sorted(path.glob("csv/**/metrics.csv")) or sorted(path.glob("**/metrics.csv"))
+    if csvs:
+        run.metrics = pd.read_csv(csvs[-1])
+    if (path / "eval" / "results.csv").is_file():
+        run.results = pd.read_csv(path / "eval" / "results.csv", index_col=0)
+    return run
+
+
+def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
+    """All runs under ``paths``, named by their path relative to the deepest common folder."""
+    dirs = find_runs(paths)
+    root = Path(os.path.commonpath(dirs)) if len(dirs) > 1 else dirs[0].parent
+    return [load_run(d, name=str(d.relative_to(root))) for d in dirs]
+
+
+def differing_config(runs: Sequence[Run]) -> pd.DataFrame:
+    """Config keys whose values differ between runs (run folders and Hydra internals excluded)."""
+    keys = sorted({k for r in runs for k in r.config})
+    keys = [k for k in keys if not k.startswith(_IGNORED_PREFIXES) and not k.endswith(_PATH_KEYS)]
+    table = pd.DataFrame([{k: str(r.config.get(k)) for k in keys} for r in runs], index=[r.name for r in runs])
+    return table[[k for k in keys if table[k].nunique() > 1]]  # values as written in config.yaml (strings)
+
+
+def track_scores(runs: Sequence[Run], subset: str = "test") -> pd.DataFrame:
+    """Per-track medians over frames of every run that was evaluated (``eval/museval/<subset>/*.json``): the long
+    ``method, track, target, metric, score`` DataFrame of :func:`mss.report.load_method`, ``method`` = run name."""
+    frames = [load_method(r.path / "eval", method=r.name, subset=subset) for r in runs
+              if any((r.path / "eval" / "museval" / subset).glob("*.json"))]
+    if not frames:
+        return pd.DataFrame(columns=["method", "track", "target", "metric", "score"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def results_table(runs: Sequence[Run], stat: str = "median", metric: str = "SDR",
+                  scores: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per run: differing config, test ``metric`` per source (``stat`` over tracks of the per-track
+    medians, :func:`mss.report.comparison_table`) and their mean, the number of test tracks, the best validation
+    nSDR and its per-source values. Column names carry the convention; ``table.attrs["note"]`` defines them."""
+    if stat not in STATS:
+        raise ValueError(f"stat={stat!r}: expected one of {STATS}")
+    scores = track_scores(runs) if scores is None else scores
+    test = pd.DataFrame(index=[r.name for r in runs])
+    if not scores.empty:
+        comparison = comparison_table(scores, metric=metric, stat=stat)
+        label = f"test {metric} ({stat})"
+        test = comparison.rename(columns=lambda c: "test tracks" if c == "tracks" else f"{label} {c}").reindex(
+            test.index)
+    rows = []
+    for run in runs:
+        row: dict[str, float] = {}
+        best = run.best_validation()
+        if best is not None:
+            row["val nSDR best"] = float(best["val/nsdr"])
+            row["best val epoch"] = int(best.name)
+            row.update({f"val nSDR {k.split('/')[-1]}": float(v) for k, v in best.items()
+                        if k.startswith("val/nsdr/") and not (isinstance(v, float) and math.isnan(v))})
+        rows.append(row)
+    val = pd.DataFrame(rows, index=[r.name for r in runs])
+    if "best val epoch" in val:
+        val["best val epoch"] = val["best val epoch"].astype("Int64")
+    if "test tracks" in test:
+        test["test tracks"] = test["test tracks"].astype("Int64")
+    table = pd.concat([differing_config(runs), test, val], axis=1)
+    table.index.name = "run"
+    table.attrs["note"] = f"test {metric} ({stat}): {definition(metric, stat)}. {VAL_NOTE}"
+    return table
+
+
+def sources_of(table: pd.DataFrame, prefix: str) -> list[str]:
+    """Source names of the columns ``<prefix> <source>`` (``mean`` excluded)."""
+    return [c[len(prefix) + 1:] for c in table.columns if c.startswith(prefix + " ") and not c.endswith(" mean")]
+
+
+# -- outputs ---------------------------------------------------------------------------------------------------------
+def _save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def _plt():
+    import matplotlib.pyplot as plt  # the session's backend: inline in notebooks, Agg for the command line
+
+    return plt
+
+
+def plot_sdr_bars(table: pd.DataFrame, prefix: str | None = None, ax=None):
+    """Grouped bars: per source (groups) one bar per run. ``prefix``: the column prefix (default: the test SDR
+    columns, else the validation nSDR ones). Returns the figure."""
+    if prefix is None:
+        prefix = next((p for p in (f"test SDR ({s})" for s in STATS) if sources_of(table, p)), "val nSDR")
+    sources = sources_of(table, prefix)
+    sources = [c for c in sources if c != "tracks"]
+    if not sources:
+        raise ValueError(f"no '{prefix} <source>' columns to plot; columns: {list(table.columns)}")
+    plt = _plt()
+    fig = ax.figure if ax is not None else plt.figure(figsize=(1.2 + 1.1 * len(sources) * max(1, len(table)) / 2,
+                                                            3.5))
+    ax = ax or fig.add_subplot()
+    width = 0.8 / len(table)
+    for i, (run, row) in enumerate(table.iterrows()):
+        xs = [j + (i - (len(table) - 1) / 2) * width for j in range(len(sources))]
+        ax.bar(xs, [row[f"{prefix} {s}"] for s in sources], width, label=str(run))
+    ax.set_xticks(range(len(sources)), sources)
+    ax.set_ylabel(f"{prefix} (dB)")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def plot_learning_curves(runs: Sequence[Run], metrics: Sequence[str] = ("train/loss_epoch", "val/nsdr")):
+    """One panel per metric (per epoch), one line per run."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.3), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for run in runs:
+            epochs = run.epochs
+            if metric in epochs:
+                values = epochs[metric].dropna()
+                ax.plot(values.index + 1, values.to_numpy(), marker="o", ms=3, label=run.name)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=7, loc="best")
+    return fig
+
+
+def write_all(runs: Sequence[Run], out: str | os.PathLike, stat: str = "median") -> dict[str, Path]:
+    """Write the table (Markdown, CSV, LaTeX) and the plots that the runs' data allow; returns the paths."""
+    out = Path(out)
+    scores = track_scores(runs)
+    table = results_table(runs, stat=stat, scores=scores)
+    md, csv, tex = write_table(table, out, "results", title=f"{len(runs)} runs", note=table.attrs["note"])
+    written = {"md": md, "csv": csv, "tex": tex}
+    if sources_of(table, f"test SDR ({stat})") or sources_of(table, "val nSDR"):
+        written["bars"] = _save_figure(plot_sdr_bars(table), out / "sdr_bars.png")
+    if not scores.empty:
+        written["boxes"] = plot_boxes(scores, out / "sdr_boxes.png")
+    if any(not r.epochs.empty for r in runs):
+        written["curves"] = _save_figure(plot_learning_curves(runs), out / "learning_curves.png")
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+    parser = argparse.ArgumentParser(prog="python -m mss.results", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dirs", nargs="+", help="run directories or folders above them (sweeps, logs/)")
+    parser.add_argument("--out", help="output folder (default: <DIR>/results for one DIR, else ./results)")
+    parser.add_argument("--stat", choices=STATS, default="median",
+                        help="statistic over test tracks of the per-track SDR medians (default: median, SiSEC18)")
+    args = parser.parse_args(argv)
+    if "matplotlib.pyplot" not in sys.modules:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no display needed
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    runs = load_runs(args.dirs)
+    out = Path(args.out) if args.out else (Path(args.dirs[0]) / "results" if len(args.dirs) == 1 else Path("results"))
+    written = write_all(runs, out, stat=args.stat)
+    print(written["md"].read_text())
+    log.info("%d runs; written: %s", len(runs), ", ".join(str(p) for p in written.values()))
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Resumable runs: a training process SIGKILLed mid-epoch and resumed with ``ckpt_path=last`` ends with exactly the
+weights and optimiser state of an uninterrupted run (CPU, deterministic mode); the sampler position and the RNG state
+are part of the checkpoint; checkpoint writes are atomic."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mss.data.datamodule import EpochSampler
+from tests.conftest import TINY_TRAIN
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_epoch_sampler_is_deterministic_sharded_and_resumable():
+    full = list(EpochSampler(12, seed=3))
+    assert sorted(i for i, _ in full) == list(range(12)) and full == list(EpochSampler(12, seed=3))
+    shards = [list(EpochSampler(12, seed=3, rank=r, world_size=2)) for r in range(2)]
+    assert [x for pair in zip(*shards) for x in pair] == full  # ranks interleave one global order
+    sampler = EpochSampler(12, seed=3)
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    assert epoch1 != full
+    sampler.resume(1, 5)
+    assert list(sampler) == epoch1[5:] and list(sampler) == epoch1  # the skip applies to one iteration only
+    with pytest.raises(ValueError, match="cannot be split over 4 ranks"):
+        EpochSampler(3, seed=0, world_size=4)
+
+
+def test_resume_checkpoint_resolution(tmp_path):
+    from omegaconf import OmegaConf
+
+    from mss.train import resume_checkpoint
+
+    out = tmp_path / "run"
+
+    def cfg(**kw):
+        return OmegaConf.create({"ckpt_path": None, "auto_resume": True, **kw})
+
+    assert resume_checkpoint(cfg(), out) is None and resume_checkpoint(cfg(ckpt_path="last"), out) is None
+    last = out / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    assert resume_checkpoint(cfg(), out) == str(last)  # auto-resume: a re-run of the same command continues
+    assert resume_checkpoint(cfg(auto_resume=False), out) is None
+    assert resume_checkpoint(cfg(ckpt_path="last"), out) == str(last)
+    assert resume_checkpoint(cfg(ckpt_path=str(out)), tmp_path / "new") == str(last)  # another run's directory
+    hpc = out / "hpc_ckpt_2.ckpt"  # Lightning's SLURM pre-emption checkpoint, newer than last.ckpt
+    hpc.write_bytes(b"")
+    os.utime(hpc, (last.stat().st_mtime + 10,) * 2)
+    assert resume_checkpoint(cfg(), out) == str(hpc)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        resume_checkpoint(cfg(ckpt_path=str(tmp_path / "nope.ckpt")), out)
+
+
+def _train(run_dir: Path, synth_root: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    args = [f"hydra.run.dir={run_dir}", f"data.root={synth_root}", "data.synth=null",
+            f"paths.cache_dir={run_dir.parent / 'cache'}",
+            *[o for o in TINY_TRAIN if not o.startswith(("trainer.max_epochs", "data.samples_per_epoch"))],
+            "trainer.max_epochs=3", "data.samples_per_epoch=8", "test=false", "++trainer.deterministic=true",
+            "callbacks.last_checkpoint.every_n_train_steps=1", "module.optimizer._target_=torch.optim.AdamW",
+            "+module.scheduler._target_=torch.optim.lr_scheduler.StepLR", "+module.scheduler._partial_=true",
+            "+module.scheduler.step_size=1", "+module.scheduler.gamma=0.5", *extra]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "mss.train", *args], cwd=run_dir.parent, env=env,
+                          capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mss.train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(synth_root, tmp_path):
+    reference, crashed = tmp_path / "reference", tmp_path / "crashed"
+    _train(reference, synth_root)
+    # 4 steps per epoch: die inside step 6 (second epoch, after its 2nd batch), with last.ckpt from step 5
+    proc = _train(crashed, synth_root, "+callbacks.kill._target_=tests._kill.KillAt", "+callbacks.kill.step=5",
+                  check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    interrupted = torch.load(crashed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert interrupted["global_step"] == 5 and interrupted["epoch"] == 1
+    assert interrupted["MSSDataModule"] == {"epoch": 1, "batches": 1, "batch_size": 2, "world_size": 1}
+    _train(crashed, synth_root, "ckpt_path=last")
+    want = torch.load(reference / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    got = torch.load(crashed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert got["global_step"] == want["global_step"] == 12
+    for key, value in want["state_dict"].items():
+        assert torch.equal(got["state_dict"][key], value), key
+    for (_, a), (_, b) in zip(sorted(want["optimizer_states"][0]["state"].items()),
+                              sorted(got["optimizer_states"][0]["state"].items())):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert got["lr_schedulers"] == want["lr_schedulers"]
+
+
+def test_kill_during_checkpoint_save_leaves_previous_file_loadable(tmp_path):
+    """A process SIGKILLed halfway through writing a checkpoint: the previous file is intact (atomic rename)."""
+    from mss.lightning.resume import AtomicCheckpointIO
+
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1, "w": torch.arange(10.0)}, path)
+    pid = os.fork()
+    if pid == 0:  # child: start writing a new version, die in the middle of it
+        try:
+            def torn_save(obj, f):
+                with open(f, "wb") as fh:
+                    fh.write(b"PK\x03\x04" + b"\0" * 4096)  # the first bytes of a zip-format checkpoint
+                    fh.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            torch.save = torn_save
+            io.save_checkpoint({"step": 2, "w": torch.zeros(10)}, path)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    loaded = io.load_checkpoint(path)
+    assert loaded["step"] == 1 and torch.equal(loaded["w"], torch.arange(10.0))
+    leftovers = list(path.parent.glob(".last.ckpt.*.tmp"))
+    assert len(leftovers) == 1  # the torn temporary file, never mistaken for a checkpoint (hidden, .tmp)
+    io.save_checkpoint({"step": 3}, path)
+    assert io.load_checkpoint(path)["step"] == 3
