@@ -22,13 +22,7 @@ from mss.models.attention import (
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many small ops: one intra-op thread avoids thread-pool overhead on small shared CPUs (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # small tensors: one thread is fastest
 
 
 def qkv(b=2, h=3, nq=40, nk=40, d=16, seed=0, scale=1.0):

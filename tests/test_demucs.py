@@ -20,13 +20,7 @@ from tests._reference import import_reference
 SOURCES4 = ["drums", "bass", "other", "vocals"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to busy-waiting on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # small tensors: one thread is fastest
 
 
 def n_params(net: torch.nn.Module) -> int:
