@@ -32,47 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 HEADS, DIM = 8, 512
 
 
-def _status() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS", "VmHWM")):
-                key, value = line.split(":")
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-class PeakMemory:
-    """Peak memory growth of a block of code (bytes): CUDA allocator stats or resident-set high-water mark."""
-
-    def __init__(self, device):
-        self.device = device
-
-    def __enter__(self):
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.base = _status()["VmRSS"]
-        return self
-
-    def __exit__(self, *exc):
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.base
-        else:
-            self.peak = _status()["VmHWM"] - self.base
-
-
 def _measure(fn, device, repeats: int) -> tuple[float, int]:
     """(best time of ``repeats`` calls, peak memory growth of the first call)."""
+    from scripts._memory import PeakMemory
+
     with PeakMemory(device) as mem:
         best = _timed(fn, device, 1)
     return min(best, _timed(fn, device, repeats - 1)), mem.peak

@@ -21,8 +21,6 @@ the reference network from the mss network and its resolved config, or is ``None
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import inspect
 import sys
 import time
@@ -82,6 +80,7 @@ CASES: list[Case] = [
 
 # band-split RoFormers (reference: bs-roformer 0.4.1 where the config is lucidrains-compatible) and Open-Unmix
 from scripts._bench_roformer import lucidrains_roformer, openunmix_separator  # noqa: E402
+from scripts._memory import PeakMemory, trim  # noqa: E402
 
 CASES += [
     Case("bs_roformer", "bs_roformer"),
@@ -92,43 +91,16 @@ CASES += [
 ]
 
 
-def _status() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS", "VmHWM")):
-                key, value = line.split(":")
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def _trim() -> None:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
 def _measure_once(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
     """(wall time in s, peak memory growth in bytes) of one ``fn()`` call."""
-    _trim()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _status()["VmRSS"]
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        grown = torch.cuda.max_memory_allocated() - base
-    else:
-        grown = _status()["VmHWM"] - base
-    return time.perf_counter() - start, grown
+    trim()
+    with PeakMemory(device) as mem:
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return seconds, mem.peak
 
 
 def measure(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, tuple]:

@@ -26,9 +26,10 @@ def hann_window(n_fft: int, device: torch.device | str | None = None,
     device = torch.device(device if device is not None else "cpu")
     key = (n_fft, str(device), dtype)
     window = _WINDOWS.get(key)
-    # a window made under torch.inference_mode cannot be saved for backward: remake it outside inference mode
-    if window is None or (window.is_inference() and not torch.is_inference_mode_enabled()):
-        window = torch.hann_window(n_fft, periodic=True, device=device, dtype=dtype)
+    if window is None:
+        # always a normal tensor (an inference tensor, made during validation, cannot be saved for backward later)
+        with torch.inference_mode(False):
+            window = torch.hann_window(n_fft, periodic=True, device=device, dtype=dtype)
         _WINDOWS[key] = window
     return window
 

@@ -109,35 +109,45 @@ class Shift(Augmentation):
         return stems.gather(-1, index.expand(B, S, C, length))
 
 
-class FlipChannels(Augmentation):
+class _PerStem(Augmentation):
+    """Apply :meth:`transform` to each (example, source) with probability ``proba`` (training mode only)."""
+
+    def __init__(self, proba: float, only: Sequence[str] | None = None):
+        super().__init__(only)
+        self.proba = proba
+
+    def applicable(self, stems: Tensor) -> bool:
+        return True
+
+    def forward(self, stems: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        _check_stems(stems)
+        if not self.training or not self.applicable(stems):
+            return stems
+        return self.transform(stems, self.draw(stems, self.proba, generator)[:, :, None, None])
+
+
+class FlipChannels(_PerStem):
     """Swap left/right of each (example, source) with probability ``proba`` (stereo only; other channel counts
     pass through unchanged)."""
 
     def __init__(self, proba: float = 0.5, only: Sequence[str] | None = None):
-        super().__init__(only)
-        self.proba = proba
+        super().__init__(proba, only)
 
-    def forward(self, stems: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        _check_stems(stems)
-        if not self.training or stems.shape[2] != 2:
-            return stems
-        flip = self.draw(stems, self.proba, generator)[:, :, None, None]
-        return torch.where(flip, stems.flip(2), stems)
+    def applicable(self, stems: Tensor) -> bool:
+        return stems.shape[2] == 2
+
+    def transform(self, stems: Tensor, chosen: Tensor) -> Tensor:
+        return torch.where(chosen, stems.flip(2), stems)
 
 
-class FlipSign(Augmentation):
+class FlipSign(_PerStem):
     """Multiply each (example, source) by -1 with probability ``proba``."""
 
     def __init__(self, proba: float = 0.5, only: Sequence[str] | None = None):
-        super().__init__(only)
-        self.proba = proba
+        super().__init__(proba, only)
 
-    def forward(self, stems: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        _check_stems(stems)
-        if not self.training:
-            return stems
-        flip = self.draw(stems, self.proba, generator)[:, :, None, None]
-        return torch.where(flip, -stems, stems)
+    def transform(self, stems: Tensor, chosen: Tensor) -> Tensor:
+        return torch.where(chosen, -stems, stems)
 
 
 class Scale(Augmentation):
@@ -177,19 +187,14 @@ class GainDB(Scale):
         return 10.0 ** (db / 20.0)
 
 
-class Silence(Augmentation):
+class Silence(_PerStem):
     """Replace each (example, source) by digital silence with probability ``proba`` (BS-RoFormer: 10 %)."""
 
     def __init__(self, proba: float = 0.1, only: Sequence[str] | None = None):
-        super().__init__(only)
-        self.proba = proba
+        super().__init__(proba, only)
 
-    def forward(self, stems: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        _check_stems(stems)
-        if not self.training:
-            return stems
-        silent = self.draw(stems, self.proba, generator)[:, :, None, None]
-        return stems.masked_fill(silent, 0.0)
+    def transform(self, stems: Tensor, chosen: Tensor) -> Tensor:
+        return stems.masked_fill(chosen, 0.0)
 
 
 class Remix(Augmentation):

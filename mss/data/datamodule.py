@@ -212,11 +212,13 @@ class MSSDataModule(L.LightningDataModule):
         self._resume = state or None
 
     # -- loaders ---------------------------------------------------------------------------------------------
-    def track_dataset(self, split: str) -> TrackDataset:
-        """Whole tracks of ``split`` (``train``, ``valid`` or ``test``; call :meth:`setup` first)."""
+    def track_dataset(self, split: str, shard: bool = False) -> TrackDataset:
+        """Whole tracks of ``split`` (``train``, ``valid`` or ``test``; call :meth:`setup` first); ``shard``: only
+        this rank's share under DDP."""
         if split not in self.tracks:
             raise KeyError(f"split {split!r} is not set up; available: {sorted(self.tracks)}")
-        return TrackDataset(self.tracks[split], self.sources, channels=self.channels, sample_rate=self.sample_rate,
+        tracks = self._shard(self.tracks[split], split) if shard else self.tracks[split]
+        return TrackDataset(tracks, self.sources, channels=self.channels, sample_rate=self.sample_rate,
                             convert=self.convert)
 
     def _loader(self, dataset, **kw) -> DataLoader:
@@ -246,13 +248,7 @@ class MSSDataModule(L.LightningDataModule):
                             drop_last=True, generator=torch.Generator().manual_seed(seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._sharded_tracks("valid"), batch_size=1)
+        return self._loader(self.track_dataset("valid", shard=True), batch_size=1)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._sharded_tracks("test"), batch_size=1)
-
-    def _sharded_tracks(self, split: str) -> TrackDataset:
-        if split not in self.tracks:
-            raise KeyError(f"split {split!r} is not set up; available: {sorted(self.tracks)}")
-        return TrackDataset(self._shard(self.tracks[split], split), self.sources, channels=self.channels,
-                            sample_rate=self.sample_rate, convert=self.convert)
+        return self._loader(self.track_dataset("test", shard=True), batch_size=1)
