@@ -44,7 +44,7 @@ def test_train_leaves_run_dir_checkpoints_and_table(trained):
                  "csv/metrics.csv", "eval/results.md", "eval/results.csv"):
         assert (run_dir / name).is_file(), name
     metrics = pd.read_csv(run_dir / "csv" / "metrics.csv")
-    assert {"train/loss_epoch", "val/nsdr", "val/nsdr/vocals"} <= set(metrics.columns)
+    assert {"train/loss_epoch", "val/nsdr", "val/nsdr/vocals", "val/sdr", "val/sdr/vocals"} <= set(metrics.columns)
     table = pd.read_csv(run_dir / "eval" / "results.csv", index_col=0)
     assert list(table.index) == SOURCES + ["mean"]
     assert {"SDR (median)", "SDR (mean)", "SIR (median)", "SAR (median)", "ISR (median)", "nSDR (mean)"} <= set(

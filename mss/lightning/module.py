@@ -2,7 +2,8 @@
 
 It owns what is not the network's business: augmentation on the training device, forming the mixture, the loss and
 per-source weights, optimiser/scheduler (Hydra ``_partial_`` factories), whole-track validation with overlap-add
-inference reporting ``val/nsdr`` (mean) and ``val/nsdr/<source>``, and the resolved config stored in every
+inference reporting ``val/nsdr`` (mean) and ``val/nsdr/<source>`` plus the museval-v4 ``val/sdr[/<source>]``
+(median of track medians), and the resolved config stored in every
 checkpoint so :func:`mss.load_model` can rebuild the network with no other input. EMA of the weights is Lightning's
 ``EMAWeightAveraging`` callback (``callbacks=ema``): it is validated and checkpointed in place of the raw weights.
 """
@@ -10,6 +11,7 @@ checkpoint so :func:`mss.load_model` can rebuild the network with no other input
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +20,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from mss.metrics import nsdr
+from mss.metrics import frame_sdr, nsdr
 from mss.separation.apply import apply_model
 
 log = logging.getLogger("mss.lightning")
@@ -206,7 +208,25 @@ class SeparationModule(L.LightningModule):
         for name, value in zip(self.sources, scores):
             self.log(f"val/nsdr/{name}", value, batch_size=1, sync_dist=True)
         self.log("val/nsdr", scores.mean(), prog_bar=True, batch_size=1, sync_dist=True)
+        # museval v4 SDR per 1-s frame (costs ~1 ms per minute of audio); median over frames = the SiSEC18 track score
+        frames = frame_sdr(stems, estimates, self.sample_rate, self.sample_rate)[0]
+        self._val_sdr.append(frames.masked_fill(frames.isinf(), math.nan).nanmedian(-1).values)
         self.log("val/loss", (estimates - stems).abs().mean(), batch_size=1, sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sdr: list[torch.Tensor] = []
+
+    def on_validation_epoch_end(self) -> None:
+        """``val/sdr[/<source>]``: median over all tracks (of all ranks) of the track medians, mean over sources —
+        the SiSEC18 headline numbers of ``mss.evaluate``, from the validation tracks."""
+        if not self._val_sdr:
+            return
+        tracks = self.all_gather(torch.stack(self._val_sdr)).reshape(-1, len(self.sources))
+        medians = tracks.nanmedian(0).values
+        for name, value in zip(self.sources, medians):
+            self.log(f"val/sdr/{name}", value.float(), batch_size=1)
+        self.log("val/sdr", medians.nanmean().float(), batch_size=1)
+        self._val_sdr = []
 
     # -- optimisation and checkpoints ---------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict]:
