@@ -9,21 +9,25 @@ the two repitch backends (quality as round-trip error, speed).
 Pipelines (batch of ``--batch-size`` examples of 4 stereo stems, ``--segment`` seconds + 1 s shift margin, as
 ``augment=demucs`` reads them; random excerpts, no remix):
 
-- ``mss``: :class:`mss.data.datamodule.MSSDataModule` (soundfile seeks into the WAVs), repitch off;
+- ``mss``: :class:`mss.data.datamodule.MSSDataModule` as ``conf/data`` builds it (16-bit WAV bytes read with one
+  ``pread`` per stem straight into a shared-memory batch, int16 when lossless, i.e. here), repitch off;
 - ``mss+repitch``: the same with ``augment=demucs``'s repitch (p=0.2, +-2 semitones, tempo N(0, 5 %) clipped at
-  12 %, vocoder backend; ``--rubberband`` adds a row with the Rubber Band backend);
+  12 %, vocoder backend with its default STFT; ``--rubberband`` adds a row with the Rubber Band backend);
 - ``musdb-wav``: ``musdb.DB(is_wav=True)``, per example a random track, ``chunk_start``/``chunk_duration`` and
   ``track.sources[s].audio`` for each source (what a naive musdb training loop does);
 - ``musdb-stems``: the same on MUSDB18 ``.stem.mp4`` files (ffmpeg decodes the track for every example).
 
 Throughput = examples delivered per second after one warm-up batch (workers started), main process idle; per core
-= divided by the number of workers (each worker is one process with torch threads fixed to 1). The goal on a
-training host: >= 200 segments/s per core without repitch, >= 20 with it. Load average is printed: on a shared
-machine the absolute figures are pessimistic, the ratios in the same run are what to read.
+= divided by the number of workers (each worker is one process with torch threads fixed to 1); per worker
+CPU-second = examples / CPU time (user + system, /proc) the worker processes used meanwhile, i.e. what a dedicated
+core delivers, which stays meaningful when other jobs share the machine. The goal on a training host: >= 200
+segments/s per core without repitch, >= 20 with it. Load average is printed: on a shared machine the wall-clock
+figures are pessimistic; the CPU-second column and the ratios in the same run are what to read.
 
-Repitch table: a two-partial tone and a synthetic vocals stem, shifted by (pitch, tempo) and back; round-trip error
-as waveform SDR and magnitude-spectrogram SNR (phase vocoders do not keep the phase, so the spectral figure is the
-meaningful one), and seconds of compute per second of stereo audio.
+Repitch tables: a two-partial tone and synthetic vocals and drums stems, shifted by (pitch, tempo) and back;
+round-trip error as waveform SDR and magnitude-spectrogram SNR (phase vocoders do not keep the phase, so the
+spectral figure is the meaningful one), and seconds of compute per second of stereo audio; then the CPU time of one
+repitched training example (4 stereo stems, segment + 1 s), the figure behind the >= 20 segments/s goal.
 """
 
 from __future__ import annotations
@@ -72,13 +76,35 @@ def _collate(items):
     return torch.stack([x[..., :length] for x in items])
 
 
-def throughput(loader, batches: int) -> float:
+def _cpu_seconds(pid: int) -> float | None:
+    """user + system CPU seconds of a process and its finished children (ffmpeg), from Linux /proc, or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def throughput(loader, batches: int) -> tuple[float, float | None]:
+    """(segments per wall-clock second, segments per CPU-second of the worker processes). The second figure is
+    what one dedicated core would deliver, and it stays meaningful on a loaded machine where the wall-clock rate
+    depends on what else runs."""
     it = iter(loader)
     next(it)  # warm-up: workers started, files opened
-    start, count = time.perf_counter(), 0
+    pids = [w.pid for w in getattr(it, "_workers", [])]
+
+    def cpu():
+        if not pids:
+            return time.process_time()
+        values = [_cpu_seconds(p) for p in pids]
+        return None if None in values else sum(values)
+
+    cpu0, start, count = cpu(), time.perf_counter(), 0
     for _ in range(batches):
         count += next(it).shape[0]
-    return count / (time.perf_counter() - start)
+    wall, cpu1 = time.perf_counter() - start, cpu()
+    used = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+    return count / wall, (count / used if used else None)
 
 
 def mss_loader(root: Path, workers: int, args, repitch: str | None):
@@ -107,10 +133,11 @@ def repitch_table(seconds: float, rubberband: bool) -> list[str]:
     sr = 44100
     t = torch.arange(int(seconds * sr)) / sr
     tone = 0.3 * torch.sin(2 * math.pi * 440 * t) + 0.2 * torch.sin(2 * math.pi * 660 * t)
-    vocals = render_track("train", 0, sources=["vocals"], duration=max(seconds, 4.0), sample_rate=sr, seed=0)
-    vocals = torch.from_numpy(vocals["vocals"]).float().T[:, : len(t)]
-    vocals = vocals / vocals.abs().max().clamp_min(1e-9) * 0.5
-    signals = {"tone": torch.stack([tone, 0.8 * tone]), "vocals": vocals}
+    stems = render_track("train", 0, sources=["drums", "vocals"], duration=max(seconds, 4.0), sample_rate=sr, seed=0)
+    signals = {"tone": torch.stack([tone, 0.8 * tone])}
+    for name in ("vocals", "drums"):
+        x = torch.from_numpy(stems[name]).float().T[:, : len(t)]
+        signals[name] = x / x.abs().max().clamp_min(1e-9) * 0.5
 
     def errors(ref, est):
         n, g = min(ref.shape[-1], est.shape[-1]), sr // 4
@@ -122,16 +149,40 @@ def repitch_table(seconds: float, rubberband: bool) -> list[str]:
 
     rows = ["| backend | signal | pitch, tempo | round-trip SDR (dB) | round-trip spectral SNR (dB) | s per s of "
             "stereo audio |", "|---|---|---|---|---|---|"]
-    backends = ["vocoder"] + (["rubberband"] if rubberband else [])
-    for backend in backends:
+    backends = [("vocoder", {}), ("vocoder 2048/512", {"hop_length": 512})]
+    backends += [("rubberband", {"backend": "rubberband"})] if rubberband else []
+    for label, kw in backends:
         for name, x in signals.items():
             for pitch, tempo in ((2, 1.0), (0, 1.1), (-2, 0.9), (1, 1.05)):
                 start = time.perf_counter()
-                y = repitch(x, pitch, tempo, sr, backend)
+                y = repitch(x, pitch, tempo, sr, **kw)
                 cost = (time.perf_counter() - start) / (x.shape[-1] / sr)
-                back = repitch(y, -pitch, 1 / tempo, sr, backend)
+                back = repitch(y, -pitch, 1 / tempo, sr, **kw)
                 sdr, snr = errors(x, back)
-                rows.append(f"| {backend} | {name} | {pitch:+d} st, x{tempo:g} | {sdr:.1f} | {snr:.1f} | {cost:.3f} |")
+                rows.append(f"| {label} | {name} | {pitch:+d} st, x{tempo:g} | {sdr:.1f} | {snr:.1f} | {cost:.3f} |")
+    return rows
+
+
+def repitch_example_cost(segment: float, rubberband: bool) -> list[str]:
+    """CPU milliseconds of :class:`mss.data.augment.Repitch` on one training example (4 stereo stems of
+    ``segment`` + 1 s, what the loader repitches), median over the (pitch, tempo) draws of 8 seeds."""
+    from mss.data.augment import Repitch
+
+    sr, length = 44100, round((segment + 1.0) * 44100)
+    rows = ["| backend | ms CPU per repitched example (median) | ms wall (median) |", "|---|---|---|"]
+    for label, kw in [("vocoder", {}), ("vocoder 2048/512", {"hop_length": 512})] + (
+            [("rubberband", {"backend": "rubberband"})] if rubberband else []):
+        rp = Repitch(proba=1.0, sample_rate=sr, **kw)
+        stems = torch.randn(4, 2, rp.input_length(length), generator=torch.Generator().manual_seed(0)) * 0.1
+        cpu, wall = [], []
+        for seed in range(-1, 8):  # seed -1: warm-up
+            change = rp.draw(torch.Generator().manual_seed(max(seed, 0)))
+            c, w = time.process_time(), time.perf_counter()
+            rp(stems, change, length)
+            if seed >= 0:
+                cpu.append(time.process_time() - c)
+                wall.append(time.perf_counter() - w)
+        rows.append(f"| {label} | {1e3 * sorted(cpu)[4]:.0f} | {1e3 * sorted(wall)[4]:.0f} |")
     return rows
 
 
@@ -146,11 +197,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--rubberband", action="store_true", help="also time the Rubber Band repitch backend")
     p.add_argument("--no-musdb-stems", action="store_true")
+    p.add_argument("--no-naive", action="store_true", help="only the mss rows (e.g. with many --batches)")
     p.add_argument("--repitch-only", action="store_true", help="only the repitch backend table")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.repitch_only:
         print("\n".join(repitch_table(3.0, args.rubberband)))
+        print("\n" + "\n".join(repitch_example_cost(args.segment, args.rubberband)))
         return
     from mss.data.synth import generate
 
@@ -164,20 +217,24 @@ def main() -> None:
                  ("mss+repitch (vocoder)", lambda w: mss_loader(root, w, args, "vocoder"))]
     if args.rubberband:
         pipelines.append(("mss+repitch (rubberband)", lambda w: mss_loader(root, w, args, "rubberband")))
-    pipelines.append(("musdb-wav (naive)", lambda w: naive_loader(root, w, args, True)))
-    if (root / "stems").is_dir() and not args.no_musdb_stems:
+    if not args.no_naive:
+        pipelines.append(("musdb-wav (naive)", lambda w: naive_loader(root, w, args, True)))
+    if (root / "stems").is_dir() and not args.no_musdb_stems and not args.no_naive:
         pipelines.append(("musdb-stems (naive, ffmpeg)", lambda w: naive_loader(root / "stems", w, args, False)))
-    results: dict[tuple[str, int], float] = {}
-    print("\n| pipeline | workers | segments/s | per core | vs musdb-wav (same workers) |\n|---|---|---|---|---|")
+    results: dict[tuple[str, int], tuple[float, float | None]] = {}
+    print("\n| pipeline | workers | segments/s | per core (wall / workers) | per worker CPU-second | vs musdb-wav "
+          "(same workers, wall) |\n|---|---|---|---|---|---|")
     for name, make in pipelines:
         for w in args.workers:
             results[name, w] = throughput(make(w), args.batches)
     for name, _ in pipelines:
         for w in args.workers:
-            v = results[name, w]
-            base = results.get(("musdb-wav (naive)", w))
-            print(f"| {name} | {w} | {v:.1f} | {v / w:.1f} | {v / base:.2f}x |" if base else "")
+            (v, per_cpu), base = results[name, w], results.get(("musdb-wav (naive)", w))
+            cpu_text = f"{per_cpu:.1f}" if per_cpu else "n/a"
+            ratio = f"{v / base[0]:.2f}x" if base else "n/a"
+            print(f"| {name} | {w} | {v:.1f} | {v / max(w, 1):.1f} | {cpu_text} | {ratio} |")
     print("\n" + "\n".join(repitch_table(3.0, args.rubberband)))
+    print("\n" + "\n".join(repitch_example_cost(args.segment, args.rubberband)))
     tmp.cleanup()
 
 

@@ -38,7 +38,10 @@ def test_hq_loader_splits_and_batches(synth_root, tmp_path):
     assert not {t.name for t in dm.tracks["train"]} & set(valid_names)
     assert len(dm.tracks["train"]) == 3
     stems = next(iter(dm.train_dataloader()))
-    assert stems.shape == (2, 4, 2, round(0.5 * 44100)) and stems.dtype == torch.float32
+    assert stems.shape == (2, 4, 2, round(0.5 * 44100))
+    # 16-bit WAVs without repitch travel as int16; Lightning's on_after_batch_transfer makes them float32
+    assert dm.int16_batches() and stems.dtype == torch.int16
+    assert dm.on_after_batch_transfer(stems, 0).dtype == torch.float32
     item = next(iter(dm.val_dataloader()))
     track = dm.tracks["valid"][0]
     assert item["mixture"].shape == (1, 2, track.length) and item["stems"].shape == (1, 4, 2, track.length)
@@ -189,3 +192,82 @@ def test_official_musdb_validation_list_is_used(synth_root, tmp_path):
     # the synthetic tracks are not MUSDB's, so the official list must be reported as missing, by name
     with pytest.raises(DatasetError, match="Actions - One Minute Smile"):
         make_dm(synth_root, tmp_path, valid_tracks="musdb").setup("fit")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the training loader's fast path: 16-bit WAV bytes read straight into shared-memory batches
+
+
+def test_pcm16_reader_matches_soundfile_and_falls_back(synth_root, tmp_path):
+    from mss.data.tracks import read_pcm16
+
+    path = str(first_track(synth_root) / "vocals.wav")
+    total = sf.info(path).frames
+    for start in (0, 12_345, total - 300):  # the last one runs past the end: zeros
+        out = np.full((2, 1000), np.nan, np.float32)
+        assert read_pcm16(path, start, out)
+        ref = load_audio(path, start=start, frames=1000).numpy()
+        np.testing.assert_array_equal(out[:, : ref.shape[-1]], ref)
+        assert not out[:, ref.shape[-1]:].any()
+    assert not read_pcm16(path, 0, np.empty((1, 10), np.float32))  # channel mismatch: the caller converts
+    assert not read_pcm16(path, 0, np.empty((2, 10), np.float32), sample_rate=22050)
+    # a 24-bit file is read by soundfile, through the same Track.read_source(out=...) call
+    root = copy_dataset(synth_root, tmp_path / "data")
+    track_dir = first_track(root)
+    data, sr = sf.read(track_dir / "bass.wav", dtype="int16")
+    sf.write(track_dir / "bass.wav", data, sr, subtype="PCM_24")
+    assert not read_pcm16(str(track_dir / "bass.wav"), 0, np.empty((2, 10), np.float32))
+    track = next(t for t in find_tracks(root / "train", SOURCES, sample_rate=44100, channels=2)
+                 if t.name == track_dir.name)
+    for source in ("bass", "vocals"):
+        out = torch.empty(2, 4096)
+        track.read_source(source, start=777, frames=4096, out=out)
+        torch.testing.assert_close(out, track.read_source(source, start=777, frames=4096), atol=0, rtol=0)
+    # an aggregate source (summed files) through the same path
+    agg = find_tracks(synth_root / "train", ["vocals", "accompaniment"], sample_rate=44100, channels=2,
+                      aggregates={"accompaniment": ["drums", "bass", "other"]})[0]
+    out = torch.empty(2, 4096)
+    agg.read_source("accompaniment", start=99, frames=4096, out=out)
+    torch.testing.assert_close(out, agg.read_source("accompaniment", start=99, frames=4096), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_batches_built_in_place_equal_the_seeded_items(synth_root, tmp_path, workers):
+    import itertools
+
+    dm = make_dm(synth_root, tmp_path, batch_size=3, num_workers=workers, remix=True, seed=5)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    items = list(itertools.islice(iter(loader.sampler), 3))
+    batch = next(iter(loader))  # built by SeededDataset.__getitems__ (in shared memory inside the worker)
+    assert batch.shape == (3, 4, 2, round(0.5 * 44100)) and batch.dtype == torch.int16
+    assert batch.is_shared() == (workers > 0)
+    expected = torch.stack([loader.dataset[item] for item in items])  # one item at a time, per-item seeds
+    torch.testing.assert_close(batch, expected, atol=0, rtol=0)
+    # int16 transport is lossless: the float32 loader (forced here) gives exactly batch / 32768
+    dm.int16_batches = lambda: False
+    floats = next(iter(dm.train_dataloader()))
+    assert floats.dtype == torch.float32
+    torch.testing.assert_close(dm.on_after_batch_transfer(batch, 0), floats, atol=0, rtol=0)
+
+
+def test_int16_batches_only_when_lossless(synth_root, tmp_path):
+    from mss.data.augment import Repitch
+
+    dm = make_dm(synth_root, tmp_path)
+    dm.setup("fit")
+    assert dm.int16_batches()
+    for kw in (dict(repitch=Repitch(proba=0.2)), dict(sources=["vocals", "accompaniment"],
+                                                     aggregates={"accompaniment": ["drums", "bass", "other"]})):
+        dm = make_dm(synth_root, tmp_path, **kw)
+        dm.setup("fit")
+        assert not dm.int16_batches()
+        assert next(iter(dm.train_dataloader())).dtype == torch.float32
+    root = copy_dataset(synth_root, tmp_path / "data")
+    for track_dir in (root / "train").iterdir():
+        if track_dir.is_dir():
+            data, sr = sf.read(track_dir / "bass.wav", dtype="int16")
+            sf.write(track_dir / "bass.wav", data, sr, subtype="PCM_24")
+    dm = make_dm(root, tmp_path)
+    dm.setup("fit")
+    assert not dm.int16_batches()

@@ -15,21 +15,22 @@ from torch.utils.data import Dataset
 from mss.data.tracks import Track
 
 
-def _pad_to(wav: torch.Tensor, length: int) -> torch.Tensor:
-    return wav if wav.shape[-1] >= length else torch.nn.functional.pad(wav, (0, length - wav.shape[-1]))
-
-
 class SegmentDataset(Dataset):
     """``samples_per_epoch`` random excerpts of ``segment`` samples. Item ``i`` without remix reads track
     ``i % len(tracks)`` (every track is seen equally often); the offset (and, with remix, the track of each source)
     is random. Randomness comes from torch's generator, which Lightning seeds per worker. A repitched example reads
     ``repitch.input_length(segment)`` samples (tempo up to +max_tempo plus guard bands) and is cut back to
-    ``segment`` samples."""
+    ``segment`` samples. With ``int16`` items hold the 16-bit samples as they are (``float = int16 / 32768``: half
+    the bytes to move from the loader workers; only for single-file 16-bit sources, without repitch)."""
 
     def __init__(self, tracks: list[Track], sources: list[str], *, segment: int, samples_per_epoch: int,
-                 channels: int, sample_rate: int, remix: bool = False, convert: bool = False, repitch=None):
+                 channels: int, sample_rate: int, remix: bool = False, convert: bool = False, repitch=None,
+                 int16: bool = False):
         if not tracks:
             raise ValueError("SegmentDataset: no training tracks")
+        if int16 and repitch is not None:
+            raise ValueError("SegmentDataset: int16 items cannot hold repitched (resynthesised) audio")
+        self.item_dtype = torch.int16 if int16 else torch.float32
         self.tracks, self.sources, self.segment = tracks, list(sources), int(segment)
         self.samples_per_epoch, self.remix, self.repitch = int(samples_per_epoch), remix, repitch
         self.load_kw = dict(channels=channels, sample_rate=sample_rate, convert=convert)
@@ -40,23 +41,34 @@ class SegmentDataset(Dataset):
     def _start(self, track: Track, frames: int) -> int:
         return int(torch.randint(0, max(1, track.length - frames + 1), ()).item())
 
-    def _excerpt(self, track: Track, source: str, start: int, frames: int) -> torch.Tensor:
-        wav = track.read_source(source, start=start, frames=frames, **self.load_kw)
-        return _pad_to(wav[..., :frames], frames)
+    @property
+    def item_shape(self) -> tuple[int, int, int]:
+        """``(S, C, T)`` of every item."""
+        return len(self.sources), self.load_kw["channels"], self.segment
 
     def __getitem__(self, index: int) -> torch.Tensor:
         """Stems ``(S, C, T)`` with T = segment."""
+        return self.read(index)
+
+    def read(self, index: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Item ``index``, written into ``out`` (``(S, C, T)`` of :attr:`item_dtype`, e.g. a row of a shared-memory
+        batch) when given: every stem is read straight into its row (no per-stem tensors, no stacking copy)."""
         change = self.repitch.draw() if self.repitch is not None else None
         frames = self.segment if change is None else self.repitch.input_length(self.segment)
         if self.remix:
             picks = [self.tracks[t] for t in torch.randint(0, len(self.tracks), (len(self.sources),)).tolist()]
-            stems = torch.stack([self._excerpt(t, s, self._start(t, frames), frames)
-                                 for t, s in zip(picks, self.sources)])
+            starts = [self._start(t, frames) for t in picks]
         else:
             track = self.tracks[index % len(self.tracks)]
-            start = self._start(track, frames)
-            stems = torch.stack([self._excerpt(track, s, start, frames) for s in self.sources])
-        return stems if change is None else self.repitch(stems, change, self.segment, self.sources)
+            picks, starts = [track] * len(self.sources), [self._start(track, frames)] * len(self.sources)
+        stems = out if out is not None and change is None else torch.empty(*self.item_shape[:2], frames,
+                                                                             dtype=self.item_dtype)
+        for row, track, source, start in zip(stems, picks, self.sources, starts):
+            track.read_source(source, start=start, frames=frames, out=row, **self.load_kw)
+        if change is None:
+            return stems
+        stems = self.repitch(stems, change, self.segment, self.sources)
+        return stems if out is None else out.copy_(stems)
 
 
 class TrackDataset(Dataset):

@@ -32,13 +32,14 @@ Inputs follow museval's ``(S, T, C)`` layout; internally signals are ``(S, C, T)
 
 from __future__ import annotations
 
-import ctypes
 import math
 import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mss.utils import glibc
 
 __all__ = ["COND_LIMIT", "BSSEvalV4", "IllConditionedWarning", "bss_eval_v4", "frame_sdr", "n_frames"]
 
@@ -47,13 +48,6 @@ COND_LIMIT = 1e11  # cond(G) above which ISR/SIR/SAR are flagged (16-bit refs: 1
 _CORR_FFT = 16384  # block FFT size of the correlation pass
 _CHUNK_BYTES = 64 * 2**20  # working-memory budget of one chunk of correlation blocks
 _STREAM_BYTES = 8 * 2**20  # chunk budget of the frame-wise passes (kept small: their temporaries stay in cache)
-
-
-try:
-    _LIBC = ctypes.CDLL("libc.so.6")
-    _LIBC.malloc_trim  # noqa: B018 (glibc only)
-except (OSError, AttributeError):
-    _LIBC = None
 
 
 class IllConditionedWarning(UserWarning):
@@ -366,8 +360,8 @@ def _filters(refs: torch.Tensor, ests: torch.Tensor, lags: int, cond_limit: floa
 def _release_memory() -> None:
     """Return freed heap pages to the OS (glibc keeps freed buffers below its adaptive mmap threshold mapped), so
     that a track's peak resident memory is the largest pass's working set, not the sum of them."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    if (libc := glibc()) is not None:
+        libc.malloc_trim(0)
 
 
 def _gram(r: torch.Tensor, lags: int) -> torch.Tensor:
