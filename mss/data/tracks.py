@@ -125,6 +125,18 @@ def is_pcm16(path: str, channels: int, sample_rate: int) -> bool:
     return layout is not None and layout[1:3] == (channels, sample_rate)
 
 
+_BUFFER = np.empty(0, np.uint8)
+
+
+def _read_buffer(size: int) -> np.ndarray:
+    """A reused byte buffer of ``size`` bytes for :func:`read_pcm16` (a fresh one per read would page-fault on
+    every read: most of the cost of a read on a VM)."""
+    global _BUFFER
+    if _BUFFER.size < size:
+        _BUFFER = np.empty(size, np.uint8)
+    return _BUFFER[:size]
+
+
 def read_pcm16(path: str, start: int, out: np.ndarray, channels: int | None = None,
                sample_rate: int | None = None) -> bool:
     """Read ``out.shape[-1]`` frames from ``start`` of a 16-bit PCM WAV file into the float32 array ``out``
@@ -146,11 +158,12 @@ def read_pcm16(path: str, start: int, out: np.ndarray, channels: int | None = No
                 sample_rate is not None and rate != sample_rate):
             return False
         n = max(0, min(out.shape[-1], total - start))
-        data = os.pread(fd, 2 * ch * n, offset + 2 * ch * start) if n else b""
+        data = _read_buffer(2 * ch * n)
+        got = os.preadv(fd, [data], offset + 2 * ch * start) if n else 0
     finally:
         os.close(fd)
-    if len(data) != 2 * ch * n:
-        raise AudioError(f"{path}: file is shorter than its header says ({len(data)} bytes read at frame {start}, "
+    if got != 2 * ch * n:
+        raise AudioError(f"{path}: file is shorter than its header says ({got} bytes read at frame {start}, "
                          f"expected {2 * ch * n})")
     if n:
         samples = np.frombuffer(data, np.int16).reshape(n, ch).T

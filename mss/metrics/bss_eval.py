@@ -46,7 +46,7 @@ __all__ = ["COND_LIMIT", "BSSEvalV4", "IllConditionedWarning", "bss_eval_v4", "f
 EPS = float(np.finfo(float).eps)  # museval's regulariser on the Gram matrix diagonal
 COND_LIMIT = 1e11  # cond(G) above which ISR/SIR/SAR are flagged (16-bit refs: 1e9-2e10; 20-bit: 3e11, ISR < 0 dB)
 _CORR_FFT = 16384  # block FFT size of the correlation pass
-_CHUNK_BYTES = 64 * 2**20  # working-memory budget of one chunk of correlation blocks
+_CHUNK_BYTES = 32 * 2**20  # working-memory budget of one chunk of correlation blocks
 _STREAM_BYTES = 8 * 2**20  # chunk budget of the frame-wise passes (kept small: their temporaries stay in cache)
 
 
