@@ -11,6 +11,7 @@ A source without its own file may be an *aggregate* of others (``accompaniment =
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -112,17 +113,25 @@ def _pcm16_layout(path: str, fd: int) -> tuple[int, int, int, int] | None:
     return layout
 
 
-def is_pcm16(path: str, channels: int, sample_rate: int) -> bool:
-    """Whether :func:`read_pcm16` reads ``path`` (a 16-bit PCM WAV file with these channels and sample rate)."""
+@contextlib.contextmanager
+def _open_pcm16(path: str):
+    """``(fd, layout)`` of ``path`` opened for reading (closed on exit); ``layout`` is :func:`_pcm16_layout`'s, or
+    ``None`` when the file is not a plain 16-bit PCM WAV or cannot be opened."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return False
+        yield None, None
+        return
     try:
-        layout = _pcm16_layout(path, fd)
+        yield fd, _pcm16_layout(path, fd)
     finally:
         os.close(fd)
-    return layout is not None and layout[1:3] == (channels, sample_rate)
+
+
+def is_pcm16(path: str, channels: int, sample_rate: int) -> bool:
+    """Whether :func:`read_pcm16` reads ``path`` (a 16-bit PCM WAV file with these channels and sample rate)."""
+    with _open_pcm16(path) as (_, layout):
+        return layout is not None and layout[1:3] == (channels, sample_rate)
 
 
 _BUFFER = np.empty(0, np.uint8)
@@ -145,12 +154,7 @@ def read_pcm16(path: str, start: int, out: np.ndarray, channels: int | None = No
     when the file is not a plain 16-bit PCM WAV or its channel count / sample rate differ from ``out`` /
     ``channels`` / ``sample_rate`` (the caller then uses :func:`mss.audio.io.load_audio`, which converts or
     raises a clear error)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        layout = _pcm16_layout(path, fd)
+    with _open_pcm16(path) as (fd, layout):
         if layout is None:
             return False
         offset, ch, rate, total = layout
@@ -160,8 +164,6 @@ def read_pcm16(path: str, start: int, out: np.ndarray, channels: int | None = No
         n = max(0, min(out.shape[-1], total - start))
         data = _read_buffer(2 * ch * n)
         got = os.preadv(fd, [data], offset + 2 * ch * start) if n else 0
-    finally:
-        os.close(fd)
     if got != 2 * ch * n:
         raise AudioError(f"{path}: file is shorter than its header says ({got} bytes read at frame {start}, "
                          f"expected {2 * ch * n})")
