@@ -17,9 +17,9 @@ The numbers are museval's (images variant, SiSEC18): for every frame of ``win`` 
 
 How it is faster (same algorithm, same numbers): the auto/cross-correlations come from block FFTs that accumulate
 cross-spectra (one short inverse FFT per channel pair instead of museval's full-length ones); the Gram matrix is
-factorised **once** (Cholesky, in place) for all estimates; all frames of a chunk are projected at once in the
-frequency domain and the energies are taken by Parseval (no per-frame Python loop, no inverse FFTs). Memory is
-bounded by chunking blocks and frames. Everything runs on the device of the inputs (CPU or CUDA).
+factorised **once** (Cholesky, in place) for all estimates; frames are projected in the frequency domain, a cache-sized
+chunk at a time, and the energies are taken by Parseval (no inverse FFTs). SDR alone is one streaming pass. Memory is
+bounded by chunking blocks and frames into reused buffers. Everything runs on the device of the inputs (CPU or CUDA).
 
 Conditioning: with references that have no noise floor (float / 24-bit band-limited synthetic audio) the Gram matrix is
 singular to working precision and museval's ISR/SIR/SAR are implementation-dependent garbage. We estimate
@@ -194,11 +194,8 @@ def _frames_quiet(x: torch.Tensor, wlen: int, hop: int, head: int = 64) -> torch
     Frames whose first ``head`` samples are not all zero are decided there; the rest are checked in full."""
     frames = x.unfold(-1, wlen, hop)  # (..., C, N, W)
 
-    def zero(f):
-        total = f[..., 0, :, :]
-        for c in range(1, f.shape[-3]):
-            total = total + f[..., c, :, :]
-        return (total == 0).all(-1)
+    def zero(f):  # (..., C, N, w) -> (..., N)
+        return (_channel_sum(f.transpose(-3, -2)) == 0).all(-1)
 
     quiet = zero(frames[..., :head])
     return quiet & zero(frames) if bool(quiet.any()) else quiet
