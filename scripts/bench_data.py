@@ -10,7 +10,8 @@ Pipelines (batch of ``--batch-size`` examples of 4 stereo stems, ``--segment`` s
 ``augment=demucs`` reads them; random excerpts, no remix):
 
 - ``mss``: :class:`mss.data.datamodule.MSSDataModule` as ``conf/data`` builds it (16-bit WAV bytes read with one
-  ``pread`` per stem straight into a shared-memory batch, int16 when lossless, i.e. here), repitch off;
+  ``pread`` per stem straight into a shared-memory batch, int16 when lossless, i.e. here, in buffers each worker
+  reuses once the main process has dropped the batch), repitch off;
 - ``mss+repitch``: the same with ``augment=demucs``'s repitch (p=0.2, +-2 semitones, tempo N(0, 5 %) clipped at
   12 %, vocoder backend with its default STFT; ``--rubberband`` adds a row with the Rubber Band backend);
 - ``musdb-wav``: ``musdb.DB(is_wav=True)``, per example a random track, ``chunk_start``/``chunk_duration`` and

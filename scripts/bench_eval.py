@@ -5,9 +5,10 @@
 Signals: 4 stereo sources, 44.1 kHz, band-limited amplitude-modulated noise at RMS 0.1 quantised to 16 bit with TPDF
 dither (like MUSDB), vocals digitally silent from 2 to 5 s; float32 estimates = source + 0.1·(other sources) + noise at
 -26 dB, filtered by [0.9, 0.1]. Each measurement runs in its own subprocess (threads fixed with
-``torch.set_num_threads`` / ``OMP_NUM_THREADS``); peak memory is the child's peak RSS (``ru_maxrss``) and its increase
-over the RSS after imports and loading the signals. Prints one table with ratios against museval (same machine, same
-run) and the max |Δ| of every metric against museval.
+``torch.set_num_threads`` / ``OMP_NUM_THREADS``); peak memory is the child's peak RSS during the evaluation
+(``VmHWM``, restarted after imports and loading the signals, whose transient copies would otherwise count;
+``ru_maxrss`` where it cannot be restarted) and its increase over the RSS at that point. Prints one table with
+ratios against museval (same machine, same run) and the max |Δ| of every metric against museval.
 """
 
 from __future__ import annotations
@@ -45,12 +46,22 @@ def make_signals(seconds: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return refs, lfilter([0.9, 0.1], [1.0], ests, axis=1).astype(np.float32)
 
 
-def _rss_mb() -> float:
+def _rss_mb(field: str = "VmRSS") -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _reset_peak() -> bool:
+    """Restart the peak-RSS count (``VmHWM``) here, so that loading the signals does not count (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def worker(method: str, folder: Path, threads: int, device: str) -> None:
@@ -76,10 +87,11 @@ def worker(method: str, folder: Path, threads: int, device: str) -> None:
         if device.startswith("cuda"):  # warm-up (CUDA context, cuFFT plans) outside the timing
             evaluate(refs[:, :SR * 3], ests[:, :SR * 3])
     base = _rss_mb()
+    fresh_peak = _reset_peak()
     start = time.perf_counter()
     result = evaluate(refs, ests)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _rss_mb("VmHWM") if fresh_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     np.save(folder / f"{method}.npy", np.stack([np.asarray(m, dtype=np.float64) for m in result]))
     print(json.dumps({"time": seconds, "peak": peak, "increase": peak - base}))
 

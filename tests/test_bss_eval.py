@@ -16,6 +16,7 @@ import torch
 from scipy.signal import butter, lfilter, sosfilt
 
 from mss.metrics import IllConditionedWarning, TrackScores, bss_eval_v4, evaluate_track, frame_sdr, n_frames
+from mss.metrics import bss_eval as be
 
 SR = 8000
 TOL = {"SDR": 1e-9, "ISR": 1e-4, "SIR": 1e-4, "SAR": 1e-4}
@@ -136,6 +137,38 @@ def test_sdr_only_and_frame_sdr_batched():
     torch.testing.assert_close(batch[0], full.sdr, equal_nan=True, rtol=0, atol=1e-9)  # other layout: other sum order
     expected = full.sdr + 20 * math.log10(2)  # half the error: +6.02 dB
     torch.testing.assert_close(batch[1], expected, equal_nan=True, rtol=0, atol=1e-9)
+
+
+def test_block_toeplitz_factor_is_the_cholesky_factor():
+    """On CPU the Gram matrix is factorised by the block Schur recursion without being formed: in tap-major order its
+    factor is the dense Cholesky factor and its FFT products are the dense ones; a singular matrix (a duplicated
+    channel) is refused, so the caller falls back to the dense path."""
+    refs, _ = signals(3, 2.0, 2)
+    stems = be._as_stems(refs, "references")
+    lags, x = 48, 6
+    r = be._correlations([stems], [stems], lags)
+    gram = be._gram(r, lags)
+    gram.diagonal().add_(be.EPS)
+    order = torch.arange(x * lags).view(x, lags).T.flatten()  # tap-major
+    gram = gram[order][:, order]
+    upper = torch.from_numpy(be._schur_factor(r.numpy(), lags))
+    chol = torch.linalg.cholesky(gram)
+    torch.testing.assert_close(upper.mT, chol, rtol=0, atol=1e-8 * float(chol.abs().max()))
+    v = torch.randn(x * lags, 3, dtype=torch.float64)
+    torch.testing.assert_close(be._toeplitz_apply(r, lags)(v), gram @ v, rtol=1e-10, atol=1e-12)
+    twin = be._correlations([stems[:, :1].repeat(1, 2, 1)], [stems[:, :1].repeat(1, 2, 1)], lags)
+    assert be._schur_factor(twin.numpy(), lags) is None
+
+
+def test_dense_path_gives_the_same_metrics(monkeypatch):
+    """The dense Cholesky path (CUDA, or when the Schur recursion is refused) agrees with the block Toeplitz one."""
+    refs, ests = signals(4, 2.5, 2, seed=1)
+    fast = bss_eval_v4(refs, ests, SR, SR, filters_len=48)
+    monkeypatch.setattr(be, "_toeplitz_solve", lambda *args, **kw: None)
+    dense = bss_eval_v4(refs, ests, SR, SR, filters_len=48)
+    for a, b in zip(fast, dense):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, equal_nan=True)
+    assert fast.reliable and dense.reliable and abs(fast.cond / dense.cond - 1) < 0.05
 
 
 def test_ill_conditioned_references_are_flagged():

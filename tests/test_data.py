@@ -271,3 +271,57 @@ def test_int16_batches_only_when_lossless(synth_root, tmp_path):
     dm = make_dm(root, tmp_path)
     dm.setup("fit")
     assert not dm.int16_batches()
+
+
+def test_pooled_batch_storage_is_reused_once_the_main_process_drops_it(monkeypatch):
+    """Worker side and main side of the shared-memory pool in one process (the worker made visible by faking
+    ``get_worker_info``; the queue trip is the DataLoader's ForkingPickler)."""
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers torch's shared-memory reductions)
+
+    from mss.data import datamodule
+
+    monkeypatch.setattr(datamodule, "_pool", [])
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+    shape = (2, 4, 2, 100)
+    batch = datamodule._empty_batch(shape, torch.int16)
+    shipped = datamodule.collate(batch)
+    assert isinstance(shipped, datamodule.PooledBatch) and batch.is_shared()
+    received = ForkingPickler.loads(ForkingPickler.dumps(shipped))
+    assert type(received) is torch.Tensor and received.shape == shape
+    pointer = batch.data_ptr()
+    del batch, shipped
+    in_use = [datamodule._empty_batch(shape, torch.int16) for _ in range(datamodule._POOL_SLOTS - 1)]
+    assert pointer not in {b.data_ptr() for b in in_use}  # not free while the main process holds it
+    full = datamodule._empty_batch(shape, torch.int16)  # pool full, nothing free: a fresh, unpooled storage
+    assert type(datamodule.collate(full)) is torch.Tensor and full.is_shared()
+    del received  # main process done with the batch: its storage is free again
+    assert datamodule._empty_batch(shape, torch.int16).data_ptr() == pointer
+    monkeypatch.setattr(datamodule, "_pool", [])
+    floats = datamodule._empty_batch(shape, torch.float32)  # float32 batches (repitch) are pooled alike
+    assert isinstance(datamodule.collate(floats), datamodule.PooledBatch) and len(datamodule._pool) == 1
+
+
+@pytest.mark.parametrize("workers,int16", [(1, True), (2, True), (2, False)])
+def test_pooled_worker_batches_equal_the_in_process_ones(synth_root, tmp_path, monkeypatch, workers, int16):
+    """12 batches (3x the pool; int16, or float32 as with repitch) from workers equal those built in the main
+    process, whether the consumer drops each batch (storages reused), keeps only their storages (a reused storage
+    comes back through torch's receive-side cache: the same mapping, equal data pointers) or keeps every batch
+    (pool exhausted, fresh storages: no batch overwritten)."""
+    if not int16:
+        monkeypatch.setattr(MSSDataModule, "int16_batches", lambda self: False)
+    dm = make_dm(synth_root, tmp_path, seed=3, samples_per_epoch=24)
+    dm.setup("fit")
+    expected = list(dm.train_dataloader())
+    assert len(expected) == 12 and expected[0].dtype == (torch.int16 if int16 else torch.float32)
+    dm.num_workers = workers
+    for batch, reference in zip(dm.train_dataloader(), expected, strict=True):
+        assert torch.equal(batch, reference)
+    storages = []
+    for batch, reference in zip(dm.train_dataloader(), expected, strict=True):
+        assert torch.equal(batch, reference)
+        storages.append(batch.untyped_storage())
+    assert len({s.data_ptr() for s in storages}) < len(storages)
+    kept = list(dm.train_dataloader())
+    assert len(kept) == 12 and all(torch.equal(b, r) for b, r in zip(kept, expected))
