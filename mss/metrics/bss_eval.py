@@ -413,7 +413,10 @@ def _schur_factor(r: np.ndarray, lags: int) -> np.ndarray | None:
     first = np.ascontiguousarray(r[:, :, ext - np.arange(lags)].transpose(2, 0, 1)).reshape(n, x)  # H[:, :X]
     first[:x].flat[::x + 1] += EPS
     signs = np.r_[np.ones(x), -np.ones(x)]  # J
-    upper = np.zeros((n, n))  # rows k·X.. hold ℓ_kᵀ; the strictly lower part is never written (nor paged in)
+    minus_j = -np.diag(signs)
+    # rows k·X.. hold ℓ_kᵀ; the strictly lower part is never written (nor paged in). Allocated by torch: numpy
+    # madvises big arrays for transparent huge pages, whose first touch can stall in memory compaction (~0.3 s here)
+    upper = torch.zeros(n, n, dtype=torch.float64).numpy()
     gen = np.empty((2 * x, n))  # [u v]ᵀ of the current step
     # single-threaded BLAS: every step's products are small, and threads would cost more in wake-ups than they save
     # (and stall badly when other processes share the cores)
@@ -422,15 +425,15 @@ def _schur_factor(r: np.ndarray, lags: int) -> np.ndarray | None:
             upper[:x] = scipy.linalg.solve_triangular(np.linalg.cholesky(first[:x]), first.T, lower=True)
             v = upper[:x].copy()  # vᵀ
             v[:, :x] = 0.0
-            for k in range(1, lags):
+            for k in range(1, lags):  # per step ~10 small numpy calls (their overhead is most of the cost)
                 s = k * x
                 g = gen[:, :n - s]
                 g[:x], g[x:] = upper[s - x:s, s - x:n - x], v[:, s:]
                 jn = signs[:, None] * g[:, :x]  # J Nᵀ
                 p = g[:, :x].T @ jn
                 d = np.linalg.cholesky(p)
-                w, vec = np.linalg.eigh(jn @ np.linalg.solve(p, jn.T) - np.diag(signs))
-                upper[s:s + x, s:] = scipy.linalg.solve_triangular(d, jn.T, lower=True) @ g
+                w, vec = np.linalg.eigh(jn @ np.linalg.solve(p, jn.T) + minus_j)
+                upper[s:s + x, s:] = np.linalg.solve(d, jn.T) @ g
                 v[:, s:] = (vec[:, x:] * np.sqrt(np.maximum(w[x:], 0.0))).T @ g
         except np.linalg.LinAlgError:
             return None
