@@ -264,7 +264,12 @@ def _correlations(xs: list[torch.Tensor], ys: list[torch.Tensor], lags: int, chu
         # Re Σ X·conj(Y) = Σ Xr·Yr + Xi·Yi;  Im Σ X·conj(Y) = Σ Xi·Yr − Xr·Yi = Re-part product of (−i·X) with Y
         acc[0].baddbmm_(torch.view_as_real(tx).flatten(-2), yr)
         acc[1].baddbmm_(torch.view_as_real(tx.mul_(-1j)).flatten(-2), yr)
-    return torch.fft.irfft(torch.complex(acc[0], acc[1]).permute(1, 2, 0), n=nfft)[..., :2 * ext + 1].clone()
+    # one X row at a time: small temporaries that the heap reuses (one full-size complex copy and inverse FFT would
+    # page-fault ~50 MB of fresh memory for 4 stereo sources)
+    out = acc.new_empty(n_x, n_y, 2 * ext + 1)
+    for i in range(n_x):
+        out[i] = torch.fft.irfft(torch.complex(acc[0, :, i], acc[1, :, i]).T, n=nfft)[:, :2 * ext + 1]
+    return out
 
 
 def _cho_solve(b: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
@@ -491,7 +496,9 @@ def _image_metrics(refs, ests, c_all, c_own, ref_energy, nwin, wlen, hop, chunk)
         weight[-1] = 1.0 / nfft
     weight = weight.sqrt()
     # filter spectra: all-source (S·C_out, S·C_in, F), own-source (S, C_out, C_in, F)
-    h_all = torch.fft.rfft(c_all.permute(3, 4, 0, 1, 2).reshape(x, x, lags), n=nfft)
+    h_all = torch.empty(x, x, freqs, dtype=torch.complex128, device=dev)
+    for i, taps in enumerate(c_all.permute(3, 4, 0, 1, 2).reshape(x, x, lags)):  # small zero-padded temporaries
+        torch.fft.rfft(taps, n=nfft, out=h_all[i])
     h_own = torch.fft.rfft(c_own.permute(0, 3, 1, 2), n=nfft)
     step = _chunk(x * 2 * nfft * 8 * 6, nwin, chunk, budget=_STREAM_BYTES)
     frames = torch.zeros(2, n_src, n_ch, step, nfft, dtype=torch.float64, device=dev)  # zero tails never written
