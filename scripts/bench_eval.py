@@ -9,8 +9,9 @@ dither (like MUSDB), vocals digitally silent from 2 to 5 s; float32 estimates = 
 (``VmHWM``, restarted after imports and loading the signals, whose transient copies would otherwise count;
 ``ru_maxrss`` where it cannot be restarted) and its increase over the RSS at that point. mss is timed ``--repeat``
 times (fresh processes; the median time and the largest peak are reported: first-touch page faults make single runs
-of ~1 s scatter by +-25 % on a VM), before museval once. Prints one table with ratios against museval (same machine,
-same run) and the max |Δ| of every metric against museval.
+of ~1 s scatter by +-25 % on a VM); all signals are generated first and museval runs last, once per length (a
+process started right after another freed GBs starts measurably slower here). Prints one table with ratios against
+museval (same machine, same run) and the max |Δ| of every metric against museval.
 """
 
 from __future__ import annotations
@@ -129,19 +130,26 @@ def main() -> None:
         return
     root = args.cache or Path(tempfile.mkdtemp(prefix="bench_eval_"))
     rows, agreement = [], []
-    for seconds in args.lengths:
-        folder = root / f"{seconds:g}s"
+    folders = {}
+    for seconds in args.lengths:  # every signal first, every mss run next, museval last: a process started right
+        folder = root / f"{seconds:g}s"  # after another freed GBs (signal generation, museval) starts measurably slower
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "refs.npy").is_file():
             refs, ests = make_signals(seconds)
             np.save(folder / "refs.npy", refs)
             np.save(folder / "ests.npy", ests)
+            del refs, ests
+        folders[seconds] = folder
+    for seconds, folder in folders.items():
         res = {}
-        for method in ("mss", "mss-sdr"):  # before museval, whose ~4 GB freed just before would slow the next start
+        for method in ("mss", "mss-sdr"):
             runs = sorted((run_child(method, folder, args.threads, args.device) for _ in range(max(1, args.repeat))),
                           key=lambda r: r["time"])
             res[method] = {**runs[len(runs) // 2], "peak": max(r["peak"] for r in runs),
                            "increase": max(r["increase"] for r in runs)}
+        rows.append((seconds, res))
+    for seconds, res in rows:
+        folder = folders[seconds]
         cached = folder / "museval.json"
         if not args.skip_museval:
             if cached.is_file() and (folder / "museval.npy").is_file():
@@ -149,8 +157,6 @@ def main() -> None:
             else:
                 res["museval"] = run_child("museval", folder, args.threads, "cpu")
                 cached.write_text(json.dumps(res["museval"]))
-        rows.append((seconds, res))
-        if "museval" in res:
             ref = np.load(folder / "museval.npy")
             ours = np.load(folder / "mss.npy")
             sdr_only = np.load(folder / "mss-sdr.npy")
