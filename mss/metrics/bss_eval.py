@@ -41,6 +41,7 @@ import numpy as np
 import scipy.linalg
 import torch
 import torch.nn.functional as F
+from scipy.fft import next_fast_len
 from threadpoolctl import threadpool_limits
 
 from mss.utils import glibc
@@ -118,19 +119,6 @@ def _channel_sum(x: torch.Tensor) -> torch.Tensor:
     for c in range(1, x.shape[-2]):
         out = out + x[..., c, :]
     return out
-
-
-def _fast_len(n: int) -> int:
-    """Smallest ``2^a·3^b·5^c >= n``: FFT sizes that every backend (MKL, pocketfft, cuFFT) handles at full speed."""
-    best = 1 << max(0, (n - 1).bit_length())
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            best = min(best, p35 << max(0, (-(-n // p35) - 1).bit_length()))  # p35 · smallest power of 2 reaching n
-            p35 *= 3
-        p5 *= 5
-    return best
 
 
 def _safe_db(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -235,7 +223,7 @@ def _correlations(xs: list[torch.Tensor], ys: list[torch.Tensor], lags: int, chu
     """
     length, ext = xs[0].shape[-1], lags - 1
     n_x, n_y = sum(t[..., 0].numel() for t in xs), sum(t[..., 0].numel() for t in ys)
-    nfft = _fast_len(min(length, _CORR_FFT - 2 * ext) + 2 * ext)
+    nfft = next_fast_len(min(length, _CORR_FFT - 2 * ext) + 2 * ext, real=True)
     block = nfft - 2 * ext
     nblocks = -(-length // block)
     freqs = nfft // 2 + 1
@@ -448,7 +436,7 @@ def _toeplitz_apply(r: torch.Tensor, lags: int):
     """``v (X·lags, w) -> H v`` for the tap-major Gram matrix of :func:`_schur_factor` (without its ``eps·I``) by FFT:
     ``(H v)[a, p] = Σ_q Σ_b r[p, q, b − a + lags − 1] v[b, q]``, a convolution with the flipped correlations."""
     x, ext = r.shape[0], lags - 1
-    nfft = _fast_len(3 * lags - 2)
+    nfft = next_fast_len(3 * lags - 2, real=True)
     kernel = torch.fft.rfft(r.flip(-1), n=nfft)[:, :, None]  # (X, X, 1, F)
 
     def apply(v: torch.Tensor) -> torch.Tensor:
@@ -485,7 +473,7 @@ def _image_metrics(refs, ests, c_all, c_own, ref_energy, nwin, wlen, hop, chunk)
     ``(S, N)`` holds the frames' reference energies."""
     n_src, n_ch, lags = c_own.shape[:3]
     x = n_src * n_ch
-    nfft = _fast_len(wlen + lags - 1)
+    nfft = next_fast_len(wlen + lags - 1, real=True)
     freqs = nfft // 2 + 1
     dev = refs.device
     # Parseval: Σ_n x[n]² = Σ_f w_f |X_f|² for a real length-nfft signal; the frame spectra are scaled by √w_f once, so
