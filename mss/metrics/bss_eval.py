@@ -44,8 +44,6 @@ import torch.nn.functional as F
 from scipy.fft import next_fast_len
 from threadpoolctl import threadpool_limits
 
-from mss.utils import glibc
-
 __all__ = ["COND_LIMIT", "BSSEvalV4", "IllConditionedWarning", "bss_eval_v4", "frame_sdr", "n_frames"]
 
 EPS = float(np.finfo(float).eps)  # museval's regulariser on the Gram matrix diagonal
@@ -110,6 +108,34 @@ def _chunk(per_item_bytes: float, total: int, chunk: int | None, budget: int = _
     if chunk is not None:
         return max(1, min(total, int(chunk)))
     return max(1, min(total, int(budget // max(per_item_bytes, 1))))
+
+
+class _Scratch:
+    """Working memory shared by the passes of one evaluation.
+
+    Each pass takes its buffers from the start of one reservation (:meth:`take` after :meth:`reset`), so it reuses
+    the pages that earlier passes touched instead of page-faulting fresh ones (a first touch costs 2-5 µs per 4 KiB
+    page on a virtual machine: 10-30 % of a 30 s track's time when every pass had buffers of its own). The
+    reservation is virtual: only touched pages become resident. A buffer that does not fit is allocated on its own.
+    """
+
+    def __init__(self, nbytes: int, device: torch.device | str):
+        self.memory = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        self.offset = 0
+
+    def reset(self) -> _Scratch:
+        """Start a new pass: the previous passes' buffers are dead."""
+        self.offset = 0
+        return self
+
+    def take(self, *shape: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """An uninitialised contiguous ``shape`` buffer."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        start = -(-self.offset // 64) * 64
+        if start + nbytes > self.memory.numel():
+            return torch.empty(shape, dtype=dtype, device=self.memory.device)
+        self.offset = start + nbytes
+        return self.memory[start:start + nbytes].view(dtype).view(shape)
 
 
 def _channel_sum(x: torch.Tensor) -> torch.Tensor:
@@ -204,15 +230,16 @@ def _segment(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     return F.pad(seg, (a - start, stop - b)) if (a - start or stop - b) else seg
 
 
-def _correlations(xs: list[torch.Tensor], ys: list[torch.Tensor], lags: int, chunk: int | None = None) -> torch.Tensor:
+def _correlations(xs: list[torch.Tensor], ys: list[torch.Tensor], lags: int, chunk: int | None = None,
+                  scratch: _Scratch | None = None) -> torch.Tensor:
     """Exact linear cross-correlations ``r[i, j, k + lags − 1] = Σ_n x_i[n + k] y_j[n]`` for ``|k| < lags``.
 
     Overlap-save blocks: each length-``B`` block of ``y`` (zero-padded to the FFT size) meets the block of ``x``
     extended by ``lags − 1`` samples on both sides; cross-spectra are accumulated over blocks and inverted once per
-    pair. The accumulation ``Σ_b X·conj(Y)`` is two real batched matrix products per chunk of blocks (real and
-    imaginary part, re/im interleaved along the contraction; torch's complex batched products fall back to one small
-    product per frequency on CPU). Blocks are copied chunk by chunk into two reused float64 buffers, so memory is
-    bounded whatever the track length.
+    pair. The accumulation ``Σ_b X·conj(Y)`` is one real batched matrix product per chunk of blocks (real and
+    imaginary part stacked, re/im interleaved along the contraction; torch's complex batched products fall back to one
+    small product per frequency on CPU). Blocks are copied chunk by chunk into reused buffers (from ``scratch``), so
+    memory is bounded whatever the track length.
 
     Args:
         xs, ys: lists of ``(..., T)`` signals (any real dtype and strides; computed in float64); their rows,
@@ -229,12 +256,14 @@ def _correlations(xs: list[torch.Tensor], ys: list[torch.Tensor], lags: int, chu
     freqs = nfft // 2 + 1
     dev = xs[0].device
     step = _chunk((n_x + n_y) * nfft * 8 * 3, nblocks, chunk)
-    acc = torch.zeros(2, freqs, n_x, n_y, dtype=torch.float64, device=dev)  # real, imaginary part
-    # reused buffers (fresh ones per chunk would page-fault every time): blocks, spectra, spectra as (F, rows, b)
-    bx = torch.empty(n_x, step, nfft, dtype=torch.float64, device=dev)
-    by = torch.zeros(n_y, step, nfft, dtype=torch.float64, device=dev)  # the zero tails are never overwritten
-    spec_x, spec_y = (torch.empty(n, step, freqs, dtype=torch.complex128, device=dev) for n in (n_x, n_y))
-    tx, ty = (torch.empty(freqs, n, step, dtype=torch.complex128, device=dev) for n in (n_x, n_y))
+    scratch = scratch or _Scratch(0, dev)
+    acc = scratch.take(freqs, 2 * n_x, n_y).zero_()  # real parts, then imaginary parts
+    # reused buffers (fresh ones per chunk would page-fault every time): blocks, spectra, spectra as (F, ·, rows, b)
+    bx = scratch.take(n_x, step, nfft)
+    by = scratch.take(n_y, step, nfft).zero_()  # the zero tails are never overwritten
+    spec_x, spec_y = (scratch.take(n, step, freqs, dtype=torch.complex128) for n in (n_x, n_y))
+    tx = scratch.take(freqs, 2, n_x, step, dtype=torch.complex128)  # X and −i·X
+    ty = scratch.take(freqs, n_y, step, dtype=torch.complex128)
 
     def fill(buf, signals, start, stop, size):
         row = 0
@@ -246,17 +275,15 @@ def _correlations(xs: list[torch.Tensor], ys: list[torch.Tensor], lags: int, chu
     for b0 in range(0, nblocks, step):  # the last chunk may run past the end: its zero blocks add nothing
         fill(bx, xs, b0 * block - ext, (b0 + step) * block + ext, nfft)
         fill(by[..., :block], ys, b0 * block, (b0 + step) * block, block)
-        tx.copy_(torch.fft.rfft(bx, out=spec_x).permute(2, 0, 1))
+        torch.mul(tx[:, 0].copy_(torch.fft.rfft(bx, out=spec_x).permute(2, 0, 1)), -1j, out=tx[:, 1])
         ty.copy_(torch.fft.rfft(by, out=spec_y).permute(2, 0, 1))
-        yr = torch.view_as_real(ty).flatten(-2).mT  # (F, 2b, Y)
         # Re Σ X·conj(Y) = Σ Xr·Yr + Xi·Yi;  Im Σ X·conj(Y) = Σ Xi·Yr − Xr·Yi = Re-part product of (−i·X) with Y
-        acc[0].baddbmm_(torch.view_as_real(tx).flatten(-2), yr)
-        acc[1].baddbmm_(torch.view_as_real(tx.mul_(-1j)).flatten(-2), yr)
+        acc.baddbmm_(torch.view_as_real(tx).flatten(-2).flatten(1, 2), torch.view_as_real(ty).flatten(-2).mT)
     # one X row at a time: small temporaries that the heap reuses (one full-size complex copy and inverse FFT would
     # page-fault ~50 MB of fresh memory for 4 stereo sources)
     out = acc.new_empty(n_x, n_y, 2 * ext + 1)
     for i in range(n_x):
-        out[i] = torch.fft.irfft(torch.complex(acc[0, :, i], acc[1, :, i]).T, n=nfft)[:, :2 * ext + 1]
+        out[i] = torch.fft.irfft(torch.complex(acc[:, i], acc[:, n_x + i]).T, n=nfft)[:, :2 * ext + 1]
     return out
 
 
@@ -280,14 +307,19 @@ def _cholesky_in_place(gram: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return chol, int(info) == 0
 
 
-def _power_iteration(apply, n: int, like: torch.Tensor, iters: int = 2, width: int = 8) -> float:
-    """Largest eigenvalue of the SPD operator ``apply`` (``(n, w) -> (n, w)``): ``iters`` steps of subspace
-    iteration on ``width`` random vectors (fixed seed), then the largest Rayleigh-Ritz value."""
+def _probe(n: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """``(n, width)`` random start vectors (fixed seed) on ``like``'s device."""
     gen = torch.Generator(device="cpu").manual_seed(0)
-    v = torch.randn(n, width, generator=gen, dtype=torch.float64).to(like.device)
-    for _ in range(iters):
-        v = torch.linalg.qr(apply(v))[0]
-    return float(torch.linalg.eigvalsh(v.T @ apply(v)).max())
+    return torch.randn(n, width, generator=gen, dtype=torch.float64).to(like.device)
+
+
+def _power_iteration(apply, first: torch.Tensor, iters: int = 2) -> float:
+    """Largest eigenvalue of the SPD operator ``apply`` (``(n, w) -> (n, w)``) from ``first = apply(v)`` for random
+    vectors ``v`` (:func:`_probe`): ``iters`` steps of subspace iteration, then the largest Rayleigh-Ritz value."""
+    q = torch.linalg.qr(first)[0]
+    for _ in range(iters - 1):
+        q = torch.linalg.qr(apply(q))[0]
+    return float(torch.linalg.eigvalsh(q.T @ apply(q)).max())
 
 
 def _lu_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -304,7 +336,8 @@ def _lu_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(a, b)
 
 
-def _filters(refs: torch.Tensor, ests: torch.Tensor, lags: int, cond_limit: float, chunk: int | None):
+def _filters(refs: torch.Tensor, ests: torch.Tensor, lags: int, cond_limit: float, chunk: int | None,
+             scratch: _Scratch):
     """Global (v4) distortion filters.
 
     Args:
@@ -317,8 +350,7 @@ def _filters(refs: torch.Tensor, ests: torch.Tensor, lags: int, cond_limit: floa
     """
     n_src, n_ch, _ = refs.shape
     x = n_src * n_ch
-    r = _correlations([refs], [refs, ests], lags, chunk)
-    _release_memory()  # the correlation pass's buffers, before the large factor is allocated
+    r = _correlations([refs], [refs, ests], lags, chunk, scratch.reset())
     ext = lags - 1
     lag = torch.arange(lags, device=refs.device)
     # D[(j,c,a), (e,c')] = <s_jc(· − a), ŝ_ec'> = r[jc, x + ec', −a]
@@ -327,16 +359,17 @@ def _filters(refs: torch.Tensor, ests: torch.Tensor, lags: int, cond_limit: floa
     own_rhs = torch.stack([rhs[e * cl:(e + 1) * cl, e * n_ch:(e + 1) * n_ch] for e in range(n_src)])
     channels = [slice(0, x)] + [slice(e * n_ch, (e + 1) * n_ch) for e in range(n_src)]  # all, then each source's
 
-    def gram(rows: slice) -> torch.Tensor:  # G + eps·I over the delayed reference channels ``rows``
-        g = _gram(r[rows, rows], lags)
+    def gram(rows: slice, scratch: _Scratch | None = None) -> torch.Tensor:  # G + eps·I over the channels ``rows``
+        n = (rows.stop - rows.start) * lags
+        g = _gram(r[rows, rows], lags, None if scratch is None else scratch.reset().take(n, n))
         g.diagonal().add_(EPS)
         return g
 
-    own = [_dense_solve(gram(rows), b, cond=False) for rows, b in zip(channels[1:], own_rhs)]  # one at a time
+    own = [_dense_solve(gram(rows, scratch), b, cond=False) for rows, b in zip(channels[1:], own_rhs)]
     apply = _toeplitz_apply(r[:, :x], lags)
-    lam_max = _power_iteration(apply, x * lags, r, iters=8)  # FFT products: cheap, so converged further
-    solved = _toeplitz_solve(r[:, :x], rhs, lags, apply, lam_max) if refs.device.type == "cpu" else None
-    c_all, lam_min = solved if solved is not None else _dense_solve(gram(channels[0]), rhs)
+    lam_max = _power_iteration(apply, apply(_probe(x * lags, 8, r)), iters=8)  # cheap FFT products: run longer
+    solved = _toeplitz_solve(r[:, :x], rhs, lags, apply, lam_max, scratch) if refs.device.type == "cpu" else None
+    c_all, lam_min = solved if solved is not None else _dense_solve(gram(channels[0], scratch), rhs)
     cond = lam_max / lam_min if lam_min > 0 and all(c is not None for c, _ in own) else math.inf
     if cond <= cond_limit:
         c_own = torch.stack([c for c, _ in own])
@@ -347,10 +380,14 @@ def _filters(refs: torch.Tensor, ests: torch.Tensor, lags: int, cond_limit: floa
     return c_all.reshape(n_src, n_ch, lags, n_src, n_ch), c_own.reshape(n_src, n_ch, lags, n_ch), cond
 
 
-def _lambda_min(chol: torch.Tensor) -> float:
-    """Smallest eigenvalue of ``L Lᵀ`` from its lower Cholesky factor ``chol``: inverse subspace iteration (2 of 4
-    vectors; each costs a pair of triangular solves, so kept narrow). Underestimates cond(G) by 10-25 %."""
-    return 1.0 / _power_iteration(lambda v: _cho_solve(v, chol), chol.shape[0], chol, iters=2, width=4)
+def _solve_lambda_min(chol: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``((L Lᵀ)⁻¹ rhs, λ_min(L Lᵀ))`` from the lower Cholesky factor ``chol``. ``λ_min`` by inverse subspace
+    iteration (2 steps on 4 vectors; each costs a pair of triangular solves, so kept narrow), whose first solve shares
+    the pass over the factor with ``rhs`` (the solves are bound by reading the factor: extra columns are nearly
+    free). Underestimates cond(G) by 10-25 %."""
+    k = rhs.shape[1]
+    both = _cho_solve(torch.cat([rhs, _probe(chol.shape[0], 4, chol)], 1), chol)
+    return both[:, :k], 1.0 / _power_iteration(lambda v: _cho_solve(v, chol), both[:, k:])
 
 
 def _dense_solve(gram: torch.Tensor, rhs: torch.Tensor, cond: bool = True) -> tuple[torch.Tensor | None, float]:
@@ -359,30 +396,31 @@ def _dense_solve(gram: torch.Tensor, rhs: torch.Tensor, cond: bool = True) -> tu
     chol, ok = _cholesky_in_place(gram)
     if not ok:
         return None, 0.0
-    return _cho_solve(rhs, chol), _lambda_min(chol) if cond else math.nan
+    return _solve_lambda_min(chol, rhs) if cond else (_cho_solve(rhs, chol), math.nan)
 
 
-def _toeplitz_solve(r: torch.Tensor, rhs: torch.Tensor, lags: int, apply, lam_max: float,
+def _toeplitz_solve(r: torch.Tensor, rhs: torch.Tensor, lags: int, apply, lam_max: float, scratch: _Scratch,
                     max_backward_error: float = 1e-12) -> tuple[torch.Tensor, float] | None:
     """:func:`_dense_solve` for the Gram matrix of the correlations ``r (X, X, 2·lags − 1)`` without forming it: its
     tap-major permutation is block Toeplitz, factorised by :func:`_schur_factor`; ``apply`` multiplies by it
-    (:func:`_toeplitz_apply`), ``lam_max`` is its largest eigenvalue. ``None`` when the recursion breaks down or the
-    solution's normwise backward error ``‖G c − b‖ / (λ_max ‖c‖ + ‖b‖)`` exceeds ``max_backward_error`` (the dense
-    path then decides; measured on 16-bit references: dense Cholesky 4e-17-1e-16, the Schur recursion 1e-16-9e-16)."""
+    (:func:`_toeplitz_apply`), ``lam_max`` is its largest eigenvalue; the factor lives in ``scratch``. ``None`` when
+    the recursion breaks down or the solution's normwise backward error ``‖G c − b‖ / (λ_max ‖c‖ + ‖b‖)`` exceeds
+    ``max_backward_error`` (the dense path then decides; measured on 16-bit references: dense Cholesky 4e-17-1e-16,
+    the Schur recursion 1e-16-9e-16)."""
     x = r.shape[0]
-    upper = _schur_factor(r.numpy(), lags)
+    upper = _schur_factor(r.numpy(), lags, scratch.reset().take(x * lags, x * lags).numpy())
     if upper is None:
         return None
     chol = torch.from_numpy(upper).mT
     b = rhs.unflatten(0, (x, lags)).transpose(0, 1).flatten(0, 1)  # rows (channel, tap) -> (tap, channel)
-    c = _cho_solve(b, chol)
+    c, lam_min = _solve_lambda_min(chol, b)
     residual, norm_c, norm_b = (float(torch.linalg.vector_norm(t)) for t in (apply(c) - b, c, b))
     if not residual <= max_backward_error * (lam_max * norm_c + norm_b):
         return None
-    return c.unflatten(0, (lags, x)).transpose(0, 1).flatten(0, 1), _lambda_min(chol)
+    return c.unflatten(0, (lags, x)).transpose(0, 1).flatten(0, 1), lam_min
 
 
-def _schur_factor(r: np.ndarray, lags: int) -> np.ndarray | None:
+def _schur_factor(r: np.ndarray, lags: int, out: np.ndarray | None = None) -> np.ndarray | None:
     """Upper Cholesky factor ``U`` (``Uᵀ U = H``) of the tap-major Gram matrix
     ``H[(a, p), (b, q)] = r[p, q, b − a + lags − 1] + eps·δ`` by the block Schur algorithm, or ``None`` when ``H`` is
     not numerically positive definite.
@@ -399,6 +437,7 @@ def _schur_factor(r: np.ndarray, lags: int) -> np.ndarray | None:
 
     Args:
         r: ``(X, X, 2·lags − 1)`` correlations (see :func:`_correlations`).
+        out: ``(X·lags, X·lags)`` float64 buffer for ``U`` (default: a new one).
     """
     x = r.shape[0]
     n, ext = x * lags, lags - 1
@@ -406,9 +445,10 @@ def _schur_factor(r: np.ndarray, lags: int) -> np.ndarray | None:
     first[:x].flat[::x + 1] += EPS
     signs = np.r_[np.ones(x), -np.ones(x)]  # J
     minus_j = -np.diag(signs)
-    # rows k·X.. hold ℓ_kᵀ; the strictly lower part is never written (nor paged in). Allocated by torch: numpy
+    # rows k·X.. hold ℓ_kᵀ from column k·X on; the rest (below the diagonal blocks) is never written nor read (nor
+    # paged in), so it is left uninitialised. Allocated by torch: numpy
     # madvises big arrays for transparent huge pages, whose first touch can stall in memory compaction (~0.3 s here)
-    upper = torch.zeros(n, n, dtype=torch.float64).numpy()
+    upper = torch.empty(n, n, dtype=torch.float64).numpy() if out is None else out
     gen = np.empty((2 * x, n))  # [u v]ᵀ of the current step
     # single-threaded BLAS: every step's products are small, and threads would cost more in wake-ups than they save
     # (and stall badly when other processes share the cores)
@@ -447,19 +487,12 @@ def _toeplitz_apply(r: torch.Tensor, lags: int):
     return apply
 
 
-def _release_memory() -> None:
-    """Return freed heap pages to the OS (glibc keeps freed buffers below its adaptive mmap threshold mapped), so
-    that a track's peak resident memory is the largest pass's working set, not the sum of them."""
-    if (libc := glibc()) is not None:
-        libc.malloc_trim(0)
-
-
-def _gram(r: torch.Tensor, lags: int) -> torch.Tensor:
+def _gram(r: torch.Tensor, lags: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Gram matrix of the delayed reference channels from their correlations ``r (X, X, 2·lags − 1)``:
     ``G[(p, a), (q, b)] = <s_p(· − a), s_q(· − b)> = r[p, q, b − a + lags − 1]``, ``(X·lags, X·lags)``, written row
-    block by row block (no index or temporary of the matrix's size)."""
+    block by row block (no index or temporary of the matrix's size) into ``out`` (default: a new matrix)."""
     x = r.shape[0]
-    gram = r.new_empty(x, lags, x, lags)
+    gram = r.new_empty(x, lags, x, lags) if out is None else out.view(x, lags, x, lags)
     for a in range(lags):
         gram[:, a] = r[:, :, lags - 1 - a:2 * lags - 1 - a]
     return gram.view(x * lags, x * lags)
@@ -468,7 +501,7 @@ def _gram(r: torch.Tensor, lags: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- projections
 
 
-def _image_metrics(refs, ests, c_all, c_own, ref_energy, nwin, wlen, hop, chunk):
+def _image_metrics(refs, ests, c_all, c_own, ref_energy, nwin, wlen, hop, chunk, scratch):
     """ISR, SIR, SAR ``(S, N)`` by frequency-domain projection of the frames of a chunk at once; ``ref_energy``
     ``(S, N)`` holds the frames' reference energies."""
     n_src, n_ch, lags = c_own.shape[:3]
@@ -484,15 +517,17 @@ def _image_metrics(refs, ests, c_all, c_own, ref_energy, nwin, wlen, hop, chunk)
         weight[-1] = 1.0 / nfft
     weight = weight.sqrt()
     # filter spectra: all-source (S·C_out, S·C_in, F), own-source (S, C_out, C_in, F)
-    h_all = torch.empty(x, x, freqs, dtype=torch.complex128, device=dev)
+    h_all = scratch.take(x, x, freqs, dtype=torch.complex128)
     for i, taps in enumerate(c_all.permute(3, 4, 0, 1, 2).reshape(x, x, lags)):  # small zero-padded temporaries
         torch.fft.rfft(taps, n=nfft, out=h_all[i])
-    h_own = torch.fft.rfft(c_own.permute(0, 3, 1, 2), n=nfft)
+    h_own = scratch.take(n_src, n_ch, n_ch, freqs, dtype=torch.complex128)
+    for e, taps in enumerate(c_own.permute(0, 3, 1, 2)):
+        torch.fft.rfft(taps, n=nfft, out=h_own[e])
     step = _chunk(x * 2 * nfft * 8 * 6, nwin, chunk, budget=_STREAM_BYTES)
-    frames = torch.zeros(2, n_src, n_ch, step, nfft, dtype=torch.float64, device=dev)  # zero tails never written
+    frames = scratch.take(2, n_src, n_ch, step, nfft).zero_()  # the zero tails are never overwritten
     # reused spectra buffers (fresh ones per chunk would page-fault every time)
-    spec = torch.empty(2, n_src, n_ch, step, freqs, dtype=torch.complex128, device=dev)
-    proj, own, diff = (torch.empty(n_src, n_ch, step, freqs, dtype=torch.complex128, device=dev) for _ in range(3))
+    spec = scratch.take(2, n_src, n_ch, step, freqs, dtype=torch.complex128)
+    proj, own, diff = (scratch.take(n_src, n_ch, step, freqs, dtype=torch.complex128) for _ in range(3))
     out = torch.empty(3, n_src, nwin, dtype=torch.float64, device=dev)
 
     def energy(z):  # (S, C, n, F) complex -> (S, n)
@@ -588,8 +623,10 @@ def bss_eval_v4(references, estimates, win: int = 44100, hop: int = 44100, *, fi
     nan = torch.full_like(sdr, math.nan)
     if sdr_only:
         return BSSEvalV4(sdr, nan, nan.clone(), nan.clone())
-    c_all, c_own, cond = _filters(refs, ests, filters_len, cond_limit, chunk)
-    isr, sir, sar = _image_metrics(refs, ests, c_all, c_own, ref_energy, nwin, wlen, hop, chunk)
+    # the largest buffer is the Gram matrix's factor; the reservation is virtual (see _Scratch)
+    scratch = _Scratch((refs.shape[0] * refs.shape[1] * filters_len) ** 2 * 8 + 8 * _CHUNK_BYTES, refs.device)
+    c_all, c_own, cond = _filters(refs, ests, filters_len, cond_limit, chunk, scratch)
+    isr, sir, sar = _image_metrics(refs, ests, c_all, c_own, ref_energy, nwin, wlen, hop, chunk, scratch.reset())
     isr, sir, sar = (m.masked_fill(silent, math.nan) for m in (isr, sir, sar))
     reliable = cond <= cond_limit
     if not reliable:
