@@ -481,7 +481,10 @@ def _toeplitz_apply(r: torch.Tensor, lags: int):
 
     def apply(v: torch.Tensor) -> torch.Tensor:
         spec = torch.fft.rfft(v.view(lags, x, -1).permute(1, 2, 0), n=nfft)  # (X, w, F)
-        out = torch.fft.irfft((kernel * spec).sum(1), n=nfft)[..., ext:ext + lags]  # (X, w, L)
+        acc = kernel[:, 0] * spec[0]  # Σ_q kernel[:, q]·spec[q], a q at a time (no (X, X, w, F) temporary)
+        for q in range(1, x):
+            acc.addcmul_(kernel[:, q], spec[q])
+        out = torch.fft.irfft(acc, n=nfft)[..., ext:ext + lags]  # (X, w, L)
         return out.permute(2, 0, 1).reshape(v.shape)
 
     return apply
@@ -490,11 +493,11 @@ def _toeplitz_apply(r: torch.Tensor, lags: int):
 def _gram(r: torch.Tensor, lags: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Gram matrix of the delayed reference channels from their correlations ``r (X, X, 2·lags − 1)``:
     ``G[(p, a), (q, b)] = <s_p(· − a), s_q(· − b)> = r[p, q, b − a + lags − 1]``, ``(X·lags, X·lags)``, written row
-    block by row block (no index or temporary of the matrix's size) into ``out`` (default: a new matrix)."""
+    block by row block (temporaries of one row block's size) into ``out`` (default: a new matrix)."""
     x = r.shape[0]
     gram = r.new_empty(x, lags, x, lags) if out is None else out.view(x, lags, x, lags)
-    for a in range(lags):
-        gram[:, a] = r[:, :, lags - 1 - a:2 * lags - 1 - a]
+    for p in range(x):  # gram[p, a, q, b] = r[p, q, lags − 1 − a + b]: windows of r[p], flipped along a
+        gram[p] = r[p].unfold(-1, lags, 1).flip(1).transpose(0, 1)
     return gram.view(x * lags, x * lags)
 
 
