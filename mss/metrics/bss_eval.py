@@ -449,24 +449,25 @@ def _schur_factor(r: np.ndarray, lags: int, out: np.ndarray | None = None) -> np
     # paged in), so it is left uninitialised. Allocated by torch: numpy
     # madvises big arrays for transparent huge pages, whose first touch can stall in memory compaction (~0.3 s here)
     upper = torch.empty(n, n, dtype=torch.float64).numpy() if out is None else out
-    gen = np.empty((2 * x, n))  # [u v]ᵀ of the current step
+    # [u v]ᵀ of the current step, in two buffers: a step reads one and writes the next step's into the other
+    gens = np.empty((2, 2 * x, n - x))
     # single-threaded BLAS: every step's products are small, and threads would cost more in wake-ups than they save
     # (and stall badly when other processes share the cores)
     with threadpool_limits(1, user_api="blas"):
         try:
             upper[:x] = scipy.linalg.solve_triangular(np.linalg.cholesky(first[:x]), first.T, lower=True)
-            v = upper[:x].copy()  # vᵀ
-            v[:, :x] = 0.0
+            gens[1, :x], gens[1, x:] = upper[:x, :n - x], upper[:x, x:]  # u shifted down a block, v = u from block 1
             for k in range(1, lags):  # per step ~10 small numpy calls (their overhead is most of the cost)
                 s = k * x
-                g = gen[:, :n - s]
-                g[:x], g[x:] = upper[s - x:s, s - x:n - x], v[:, s:]
+                g, following = gens[k % 2, :, :n - s], gens[(k + 1) % 2, :, :n - s - x]
                 jn = signs[:, None] * g[:, :x]  # J Nᵀ
                 p = g[:, :x].T @ jn
                 d = np.linalg.cholesky(p)
                 w, vec = np.linalg.eigh(jn @ np.linalg.solve(p, jn.T) + minus_j)
-                upper[s:s + x, s:] = np.linalg.solve(d, jn.T) @ g
-                v[:, s:] = (vec[:, x:] * np.sqrt(np.maximum(w[x:], 0.0))).T @ g
+                row = np.matmul(np.linalg.solve(d, jn.T), g, out=upper[s:s + x, s:])  # ℓ_kᵀ
+                if k + 1 < lags:  # the new u is ℓ shifted down a block; the new v's first block is not needed
+                    following[:x] = row[:, :n - s - x]
+                    np.matmul((vec[:, x:] * np.sqrt(np.maximum(w[x:], 0.0))).T, g[:, x:], out=following[x:])
         except np.linalg.LinAlgError:
             return None
     return upper if np.isfinite(upper[-x:, -x:]).all() else None
