@@ -1,6 +1,7 @@
 """Benchmark BSS Eval v4: museval 0.4.1 vs mss (all four metrics, and SDR only), time, peak memory and agreement.
 
-    python scripts/bench_eval.py [--lengths 30 180] [--threads 2] [--device cpu|cuda] [--repeat 3] [--skip-museval]
+    python scripts/bench_eval.py [--lengths 30 180] [--threads 2] [--device cpu|cuda] [--repeat 3]
+                                 [--museval-repeat 1] [--skip-museval]
 
 Signals: 4 stereo sources, 44.1 kHz, band-limited amplitude-modulated noise at RMS 0.1 quantised to 16 bit with TPDF
 dither (like MUSDB), vocals digitally silent from 2 to 5 s; float32 estimates = source + 0.1·(other sources) + noise at
@@ -8,10 +9,10 @@ dither (like MUSDB), vocals digitally silent from 2 to 5 s; float32 estimates = 
 ``torch.set_num_threads`` / ``OMP_NUM_THREADS``); peak memory is the child's peak RSS during the evaluation
 (``VmHWM``, restarted after imports and loading the signals, whose transient copies would otherwise count;
 ``ru_maxrss`` where it cannot be restarted) and its increase over the RSS at that point. mss is timed ``--repeat``
-times (fresh processes; the median time and the largest peak are reported: first-touch page faults make single runs
-of ~1 s scatter by +-25 % on a VM); all signals are generated first and museval runs last, once per length (a
-process started right after another freed GBs starts measurably slower here). Prints one table with ratios against
-museval (same machine, same run) and the max |Δ| of every metric against museval.
+times and museval ``--museval-repeat`` times (fresh processes; the median time and the largest peak are reported:
+on a shared VM single runs scatter by +-25 %, museval's as much as ours); all signals are generated first and
+museval runs last (a process started right after another freed GBs starts measurably slower here). Prints one
+table with ratios against museval (same machine, same run) and the max |Δ| of every metric against museval.
 """
 
 from __future__ import annotations
@@ -109,6 +110,13 @@ def run_child(method: str, folder: Path, threads: int, device: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def measure(method: str, folder: Path, threads: int, device: str, repeat: int) -> dict:
+    """``repeat`` fresh-process runs: the median time, the largest peak and every run's time."""
+    runs = sorted((run_child(method, folder, threads, device) for _ in range(max(1, repeat))), key=lambda r: r["time"])
+    return {**runs[len(runs) // 2], "peak": max(r["peak"] for r in runs),
+            "increase": max(r["increase"] for r in runs), "times": [round(r["time"], 3) for r in runs]}
+
+
 def max_delta(a: np.ndarray, b: np.ndarray) -> tuple[float, bool]:
     same_nan = bool(np.array_equal(np.isnan(a), np.isnan(b)))
     ok = np.isfinite(a) & np.isfinite(b)
@@ -123,6 +131,7 @@ def main() -> None:
     parser.add_argument("--skip-museval", action="store_true", help="only time mss")
     parser.add_argument("--cache", type=Path, default=None, help="keep signals/results here (reuse museval runs)")
     parser.add_argument("--repeat", type=int, default=3, help="fresh-process runs of each mss measurement (median)")
+    parser.add_argument("--museval-repeat", type=int, default=1, help="fresh-process runs of museval (median)")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -141,13 +150,8 @@ def main() -> None:
             del refs, ests
         folders[seconds] = folder
     for seconds, folder in folders.items():
-        res = {}
-        for method in ("mss", "mss-sdr"):
-            runs = sorted((run_child(method, folder, args.threads, args.device) for _ in range(max(1, args.repeat))),
-                          key=lambda r: r["time"])
-            res[method] = {**runs[len(runs) // 2], "peak": max(r["peak"] for r in runs),
-                           "increase": max(r["increase"] for r in runs)}
-        rows.append((seconds, res))
+        rows.append((seconds, {method: measure(method, folder, args.threads, args.device, args.repeat)
+                               for method in ("mss", "mss-sdr")}))
     for seconds, res in rows:
         folder = folders[seconds]
         cached = folder / "museval.json"
@@ -155,14 +159,15 @@ def main() -> None:
             if cached.is_file() and (folder / "museval.npy").is_file():
                 res["museval"] = json.loads(cached.read_text())
             else:
-                res["museval"] = run_child("museval", folder, args.threads, "cpu")
+                res["museval"] = measure("museval", folder, args.threads, "cpu", args.museval_repeat)
                 cached.write_text(json.dumps(res["museval"]))
             ref = np.load(folder / "museval.npy")
             ours = np.load(folder / "mss.npy")
             sdr_only = np.load(folder / "mss-sdr.npy")
             deltas = [max_delta(ref[k], ours[k]) for k in range(4)] + [max_delta(ref[0], sdr_only[0])]
             agreement.append((seconds, deltas))
-        print(f"done {seconds:g} s: " + ", ".join(f"{k} {v['time']:.2f} s" for k, v in res.items()), flush=True)
+        print(f"done {seconds:g} s: " + ", ".join(f"{k} {v['time']:.2f} s (runs: {v['times']})"
+                                                    for k, v in res.items()), flush=True)
 
     print(f"\nBSS Eval v4, 4 stereo sources, 44.1 kHz, 16-bit references; {args.threads} threads; mss on "
           f"{args.device}\n")
