@@ -139,6 +139,22 @@ def test_sdr_only_and_frame_sdr_batched():
     torch.testing.assert_close(batch[1], expected, equal_nan=True, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize(("block_fft", "length", "lags", "chunk"),
+                         [(256, 3001, 48, None), (128, 1000, 40, 1), (4096, 20000, 512, 3), (64, 500, 1, None)])
+def test_correlations_are_exact(monkeypatch, block_fft, length, lags, chunk):
+    """The block correlations (products within blocks, plus those straddling block boundaries) equal the direct
+    sums, for several blocks per chunk, one block per chunk, and a partial last chunk."""
+    monkeypatch.setattr(be, "_CORR_FFT", block_fft)
+    rng = np.random.default_rng(0)
+    refs = torch.from_numpy(rng.standard_normal((3, 2, length)))
+    ests = torch.from_numpy(rng.standard_normal((3, 2, length)).astype(np.float32))
+    r = be._correlations([refs, ests], 6, lags, chunk).numpy()
+    rows = np.concatenate([refs.reshape(6, -1).numpy(), ests.reshape(6, -1).double().numpy()])
+    ext = lags - 1
+    direct = np.stack([[np.correlate(x, y, "full")[length - 1 - ext:length + ext] for y in rows] for x in rows[:6]])
+    np.testing.assert_allclose(r, direct, rtol=0, atol=1e-12 * np.abs(direct).max())
+
+
 def test_block_toeplitz_factor_is_the_cholesky_factor():
     """On CPU the Gram matrix is factorised by the block Schur recursion without being formed: in tap-major order its
     factor is the dense Cholesky factor and its FFT products are the dense ones; a singular matrix (a duplicated
@@ -146,7 +162,7 @@ def test_block_toeplitz_factor_is_the_cholesky_factor():
     refs, _ = signals(3, 2.0, 2)
     stems = be._as_stems(refs, "references")
     lags, x = 48, 6
-    r = be._correlations([stems], [stems], lags)
+    r = be._correlations([stems], x, lags)
     gram = be._gram(r, lags)
     gram.diagonal().add_(be.EPS)
     order = torch.arange(x * lags).view(x, lags).T.flatten()  # tap-major
@@ -156,7 +172,7 @@ def test_block_toeplitz_factor_is_the_cholesky_factor():
     torch.testing.assert_close(upper.triu().mT, chol, rtol=0, atol=1e-8 * float(chol.abs().max()))
     v = torch.randn(x * lags, 3, dtype=torch.float64)
     torch.testing.assert_close(be._toeplitz_apply(r, lags)(v), gram @ v, rtol=1e-10, atol=1e-12)
-    twin = be._correlations([stems[:, :1].repeat(1, 2, 1)], [stems[:, :1].repeat(1, 2, 1)], lags)
+    twin = be._correlations([stems[:, :1].repeat(1, 2, 1)], x, lags)
     assert be._schur_factor(twin.numpy(), lags) is None
 
 

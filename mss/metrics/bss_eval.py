@@ -230,60 +230,84 @@ def _segment(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     return F.pad(seg, (a - start, stop - b)) if (a - start or stop - b) else seg
 
 
-def _correlations(xs: list[torch.Tensor], ys: list[torch.Tensor], lags: int, chunk: int | None = None,
+def _correlations(signals: list[torch.Tensor], n_x: int, lags: int, chunk: int | None = None,
                   scratch: _Scratch | None = None) -> torch.Tensor:
-    """Exact linear cross-correlations ``r[i, j, k + lags − 1] = Σ_n x_i[n + k] y_j[n]`` for ``|k| < lags``.
+    """Exact linear cross-correlations ``r[i, j, k + lags − 1] = Σ_n z_i[n + k] z_j[n]`` for ``|k| < lags`` between
+    the first ``n_x`` rows ``z_i`` and all rows ``z_j`` of ``signals`` (flattened in order).
 
-    Overlap-save blocks: each length-``B`` block of ``y`` (zero-padded to the FFT size) meets the block of ``x``
-    extended by ``lags − 1`` samples on both sides; cross-spectra are accumulated over blocks and inverted once per
-    pair. The accumulation ``Σ_b X·conj(Y)`` is one real batched matrix product per chunk of blocks (real and
-    imaginary part stacked, re/im interleaved along the contraction; torch's complex batched products fall back to one
-    small product per frequency on CPU). Blocks are copied chunk by chunk into reused buffers (from ``scratch``), so
-    memory is bounded whatever the track length.
+    Every row is cut into blocks of ``B`` samples and each block transformed once, zero-padded to ``B + lags − 1``
+    points or more (so the circular correlation of two blocks does not wrap around at the kept lags): the
+    cross-spectra ``Σ_b Z_i·conj(Z_j)`` accumulated over the blocks give every product ``z_i[n + k]·z_j[n]`` with
+    both samples in one block. The products that straddle a block boundary involve only the ``lags − 1`` samples on
+    either side of it: they come from the cross-spectra of the samples after each boundary with those before it (and
+    the reverse), with an FFT of ``≥ 3·(lags − 1)`` points. Each accumulation is one real batched matrix product per
+    chunk of blocks (real and imaginary part stacked, re/im interleaved along the contraction; torch's complex batched
+    products fall back to one small product per frequency on CPU). Blocks are copied chunk by chunk into reused
+    buffers (from ``scratch``), so memory is bounded whatever the track length.
 
     Args:
-        xs, ys: lists of ``(..., T)`` signals (any real dtype and strides; computed in float64); their rows,
-            flattened in order, are the ``X`` and ``Y`` signals.
+        signals: ``(..., T)`` tensors (any real dtype and strides; computed in float64).
 
     Returns:
-        ``(X, Y, 2·lags − 1)`` float64.
+        ``(n_x, rows, 2·lags − 1)`` float64.
     """
-    length, ext = xs[0].shape[-1], lags - 1
-    n_x, n_y = sum(t[..., 0].numel() for t in xs), sum(t[..., 0].numel() for t in ys)
-    nfft = next_fast_len(min(length, _CORR_FFT - 2 * ext) + 2 * ext, real=True)
-    block = nfft - 2 * ext
+    length, ext = signals[0].shape[-1], lags - 1
+    n_z = sum(t[..., 0].numel() for t in signals)
+    block = min(length, max(_CORR_FFT - ext, ext))
+    nfft = next_fast_len(block + ext, real=True)
     nblocks = -(-length // block)
-    freqs = nfft // 2 + 1
-    dev = xs[0].device
-    step = _chunk((n_x + n_y) * nfft * 8 * 3, nblocks, chunk)
+    edge = next_fast_len(3 * ext, real=True) if ext and nblocks > 1 else 0  # FFT size of the boundary terms
+    freqs, edge_freqs = nfft // 2 + 1, edge // 2 + 1
+    dev = signals[0].device
+    step = _chunk((3 * n_z + 2 * n_x) * nfft * 8, nblocks, chunk)
     scratch = scratch or _Scratch(0, dev)
-    acc = scratch.take(freqs, 2 * n_x, n_y).zero_()  # real parts, then imaginary parts
-    # reused buffers (fresh ones per chunk would page-fault every time): blocks, spectra, spectra as (F, ·, rows, b)
-    bx = scratch.take(n_x, step, nfft)
-    by = scratch.take(n_y, step, nfft).zero_()  # the zero tails are never overwritten
-    spec_x, spec_y = (scratch.take(n, step, freqs, dtype=torch.complex128) for n in (n_x, n_y))
-    tx = scratch.take(freqs, 2, n_x, step, dtype=torch.complex128)  # X and −i·X
-    ty = scratch.take(freqs, n_y, step, dtype=torch.complex128)
+    # reused buffers (fresh ones per chunk would page-fault every time): blocks, their spectra, spectra as
+    # (F, ·, rows, b) for the products, and the same for the samples around the boundaries
+    acc = scratch.take(freqs, 2 * n_x, n_z).zero_()  # real parts, then imaginary parts
+    blocks = scratch.take(n_z, step, nfft).zero_()  # the zero tails are never overwritten
+    spec = scratch.take(n_z, step, freqs, dtype=torch.complex128)
+    tz = scratch.take(freqs, n_z, step, dtype=torch.complex128)
+    tx = scratch.take(freqs, 2, n_x, step, dtype=torch.complex128)  # Z_x and −i·Z_x
+    if edge:
+        acc_e = scratch.take(edge_freqs, 2 * n_x, n_z).zero_()
+        edges = scratch.take(n_z, 2, step, edge).zero_()  # samples before a boundary at [0, ext), after at [ext, 2ext)
+        spec_e = scratch.take(n_z, 2, step, edge_freqs, dtype=torch.complex128)
+        tz_e = scratch.take(edge_freqs, n_z, 2, step, dtype=torch.complex128)
+        tx_e = scratch.take(edge_freqs, 2, n_x, 2, step, dtype=torch.complex128)  # sides swapped: after, before
 
-    def fill(buf, signals, start, stop, size):
+    def fill(buf, start, stop, size):
         row = 0
         for t in signals:
             rows = t[..., 0].numel()
             buf[row:row + rows].unflatten(0, t.shape[:-1]).copy_(_segment(t, start, stop).unfold(-1, size, block))
             row += rows
 
+    def accumulate(out, z, x):  # out (F, 2X, Z) += Re, Im of Σ X·conj(Z); z (F, Z, ...), x (F, 2, X, ...)
+        # Re Σ X·conj(Z) = Σ Xr·Zr + Xi·Zi;  Im Σ X·conj(Z) = Σ Xi·Zr − Xr·Zi = Re-part product of (−i·X) with Z
+        torch.mul(x[:, 0], -1j, out=x[:, 1])
+        out.baddbmm_(torch.view_as_real(x).flatten(3).flatten(1, 2), torch.view_as_real(z).flatten(2).mT)
+
     for b0 in range(0, nblocks, step):  # the last chunk may run past the end: its zero blocks add nothing
-        fill(bx, xs, b0 * block - ext, (b0 + step) * block + ext, nfft)
-        fill(by[..., :block], ys, b0 * block, (b0 + step) * block, block)
-        torch.mul(tx[:, 0].copy_(torch.fft.rfft(bx, out=spec_x).permute(2, 0, 1)), -1j, out=tx[:, 1])
-        ty.copy_(torch.fft.rfft(by, out=spec_y).permute(2, 0, 1))
-        # Re Σ X·conj(Y) = Σ Xr·Yr + Xi·Yi;  Im Σ X·conj(Y) = Σ Xi·Yr − Xr·Yi = Re-part product of (−i·X) with Y
-        acc.baddbmm_(torch.view_as_real(tx).flatten(-2).flatten(1, 2), torch.view_as_real(ty).flatten(-2).mT)
-    # one X row at a time: small temporaries that the heap reuses (one full-size complex copy and inverse FFT would
-    # page-fault ~50 MB of fresh memory for 4 stereo sources)
-    out = acc.new_empty(n_x, n_y, 2 * ext + 1)
+        start = b0 * block
+        fill(blocks[..., :block], start, start + step * block, block)
+        tz.copy_(torch.fft.rfft(blocks, out=spec).permute(2, 0, 1))
+        tx[:, 0] = tz[:, :n_x]
+        accumulate(acc, tz, tx)
+        if edge:  # the boundaries at the starts of the chunk's blocks (none before the first: zeros)
+            fill(edges[:, 0, :, :ext], start - ext, start + (step - 1) * block, ext)
+            fill(edges[:, 1, :, ext:2 * ext], start, start + (step - 1) * block + ext, ext)
+            tz_e.copy_(torch.fft.rfft(edges, out=spec_e).permute(3, 0, 1, 2))
+            tx_e[:, 0, :, 0], tx_e[:, 0, :, 1] = tz_e[:, :n_x, 1], tz_e[:, :n_x, 0]
+            accumulate(acc_e, tz_e, tx_e)
+    # one X row at a time: small temporaries that the heap reuses; lag k is at circular index k mod nfft
+    out = acc.new_empty(n_x, n_z, 2 * ext + 1)
     for i in range(n_x):
-        out[i] = torch.fft.irfft(torch.complex(acc[:, i], acc[:, n_x + i]).T, n=nfft)[:, :2 * ext + 1]
+        c = torch.fft.irfft(torch.complex(acc[:, i], acc[:, n_x + i]).T, n=nfft)
+        out[i, :, ext:], out[i, :, :ext] = c[:, :ext + 1], c[:, nfft - ext:]
+        if edge:  # straddling products: lags 1..2ext−1 (after·before) and −(2ext−1)..−1 (before·after)
+            c = torch.fft.irfft(torch.complex(acc_e[:, i], acc_e[:, n_x + i]).T, n=edge)
+            out[i, :, ext + 1:] += c[:, 1:ext + 1]
+            out[i, :, :ext] += c[:, edge - ext:]
     return out
 
 
@@ -350,7 +374,7 @@ def _filters(refs: torch.Tensor, ests: torch.Tensor, lags: int, cond_limit: floa
     """
     n_src, n_ch, _ = refs.shape
     x = n_src * n_ch
-    r = _correlations([refs], [refs, ests], lags, chunk, scratch.reset())
+    r = _correlations([refs, ests], x, lags, chunk, scratch.reset())
     ext = lags - 1
     lag = torch.arange(lags, device=refs.device)
     # D[(j,c,a), (e,c')] = <s_jc(· − a), ŝ_ec'> = r[jc, x + ec', −a]
