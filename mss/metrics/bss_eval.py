@@ -389,16 +389,22 @@ def _filters(refs: torch.Tensor, ests: torch.Tensor, lags: int, cond_limit: floa
         g.diagonal().add_(EPS)
         return g
 
-    own = [_dense_solve(gram(rows, scratch), b, cond=False) for rows, b in zip(channels[1:], own_rhs)]
     apply = _toeplitz_apply(r[:, :x], lags)
     lam_max = _power_iteration(apply, apply(_probe(x * lags, 8, r)), iters=8)  # cheap FFT products: run longer
-    solved = _toeplitz_solve(r[:, :x], rhs, lags, apply, lam_max, scratch) if refs.device.type == "cpu" else None
+    cpu = refs.device.type == "cpu"
+    # own-source systems: on CPU all sources' at once by the Schur recursion (λ_max of G bounds theirs), else (or when
+    # refused) dense, one at a time
+    own_r = torch.stack([r[rows, rows] for rows in channels[1:]])
+    solved = _toeplitz_solve(own_r, own_rhs, lags, _toeplitz_apply(own_r, lags), lam_max, scratch) if cpu else None
+    if solved is None:
+        own = [_dense_solve(gram(rows, scratch), b, cond=False)[0] for rows, b in zip(channels[1:], own_rhs)]
+        solved = None if any(c is None for c in own) else (torch.stack(own), math.nan)
+    c_own = None if solved is None else solved[0]
+    solved = _toeplitz_solve(r[:, :x], rhs, lags, apply, lam_max, scratch, cond=True) if cpu else None
     c_all, lam_min = solved if solved is not None else _dense_solve(gram(channels[0], scratch), rhs)
-    cond = lam_max / lam_min if lam_min > 0 and all(c is not None for c, _ in own) else math.inf
-    if cond <= cond_limit:
-        c_own = torch.stack([c for c, _ in own])
-    else:  # flagged: LU like museval (numbers are not meaningful anyway), on matrices rebuilt from the correlations
-        del own, c_all
+    cond = lam_max / lam_min if lam_min > 0 and c_own is not None else math.inf
+    if cond > cond_limit:  # flagged: LU like museval (numbers are not meaningful anyway), on the rebuilt matrices
+        del c_own, c_all
         c_all = _lu_solve(gram(channels[0]), rhs)
         c_own = _lu_solve(torch.stack([gram(rows) for rows in channels[1:]]), own_rhs)
     return c_all.reshape(n_src, n_ch, lags, n_src, n_ch), c_own.reshape(n_src, n_ch, lags, n_ch), cond
@@ -424,24 +430,25 @@ def _dense_solve(gram: torch.Tensor, rhs: torch.Tensor, cond: bool = True) -> tu
 
 
 def _toeplitz_solve(r: torch.Tensor, rhs: torch.Tensor, lags: int, apply, lam_max: float, scratch: _Scratch,
-                    max_backward_error: float = 1e-12) -> tuple[torch.Tensor, float] | None:
-    """:func:`_dense_solve` for the Gram matrix of the correlations ``r (X, X, 2·lags − 1)`` without forming it: its
-    tap-major permutation is block Toeplitz, factorised by :func:`_schur_factor`; ``apply`` multiplies by it
-    (:func:`_toeplitz_apply`), ``lam_max`` is its largest eigenvalue; the factor lives in ``scratch``. ``None`` when
-    the recursion breaks down or the solution's normwise backward error ``‖G c − b‖ / (λ_max ‖c‖ + ‖b‖)`` exceeds
+                    cond: bool = False, max_backward_error: float = 1e-12) -> tuple[torch.Tensor, float] | None:
+    """:func:`_dense_solve` for the Gram matrices of the correlations ``r (..., X, X, 2·lags − 1)`` (a batch of
+    systems, ``rhs (..., X·lags, w)``) without forming them: in tap-major order they are block Toeplitz, factorised by
+    :func:`_schur_factor`; ``apply`` multiplies by them (:func:`_toeplitz_apply`), ``lam_max`` bounds their largest
+    eigenvalues; the factors live in ``scratch``. ``λ_min`` only with ``cond`` (unbatched), else NaN. ``None`` when
+    the recursion breaks down or a solution's normwise backward error ``‖G c − b‖ / (λ_max ‖c‖ + ‖b‖)`` exceeds
     ``max_backward_error`` (the dense path then decides; measured on 16-bit references: dense Cholesky 4e-17-1e-16,
     the Schur recursion 1e-16-9e-16)."""
-    x = r.shape[0]
-    upper = _schur_factor(r.numpy(), lags, scratch.reset().take(x * lags, x * lags).numpy())
+    x = r.shape[-2]
+    upper = _schur_factor(r.numpy(), lags, scratch.reset().take(*r.shape[:-3], x * lags, x * lags).numpy())
     if upper is None:
         return None
     chol = torch.from_numpy(upper).mT
-    b = rhs.unflatten(0, (x, lags)).transpose(0, 1).flatten(0, 1)  # rows (channel, tap) -> (tap, channel)
-    c, lam_min = _solve_lambda_min(chol, b)
-    residual, norm_c, norm_b = (float(torch.linalg.vector_norm(t)) for t in (apply(c) - b, c, b))
-    if not residual <= max_backward_error * (lam_max * norm_c + norm_b):
+    b = rhs.unflatten(-2, (x, lags)).transpose(-3, -2).flatten(-3, -2)  # rows (channel, tap) -> (tap, channel)
+    c, lam_min = _solve_lambda_min(chol, b) if cond else (_cho_solve(b, chol), math.nan)
+    residual, norm_c, norm_b = (torch.linalg.vector_norm(t, dim=(-2, -1)) for t in (apply(c) - b, c, b))
+    if not bool((residual <= max_backward_error * (lam_max * norm_c + norm_b)).all()):
         return None
-    return c.unflatten(0, (lags, x)).transpose(0, 1).flatten(0, 1), lam_min
+    return c.unflatten(-2, (lags, x)).transpose(-3, -2).flatten(-3, -2), lam_min
 
 
 def _schur_factor(r: np.ndarray, lags: int, out: np.ndarray | None = None) -> np.ndarray | None:
@@ -460,57 +467,64 @@ def _schur_factor(r: np.ndarray, lags: int, out: np.ndarray | None = None) -> np
     its backward error is up to ~20x dense Cholesky's (still ~1e-15), which :func:`_toeplitz_solve` checks.
 
     Args:
-        r: ``(X, X, 2·lags − 1)`` correlations (see :func:`_correlations`).
-        out: ``(X·lags, X·lags)`` float64 buffer for ``U`` (default: a new one).
+        r: ``(..., X, X, 2·lags − 1)`` correlations (see :func:`_correlations`): a batch of matrices, factorised
+            together (the steps' small problems are batched).
+        out: ``(..., X·lags, X·lags)`` float64 buffer for ``U`` (default: a new one).
     """
-    x = r.shape[0]
+    batch, x = r.shape[:-3], r.shape[-2]
     n, ext = x * lags, lags - 1
-    first = np.ascontiguousarray(r[:, :, ext - np.arange(lags)].transpose(2, 0, 1)).reshape(n, x)  # H[:, :X]
-    first[:x].flat[::x + 1] += EPS
+    r = r.reshape(-1, x, x, 2 * lags - 1)
+    first = np.ascontiguousarray(r[..., ext - np.arange(lags)].transpose(0, 3, 1, 2)).reshape(-1, n, x)  # H[:, :X]
+    first[:, np.arange(x), np.arange(x)] += EPS
     signs = np.r_[np.ones(x), -np.ones(x)]  # J
     minus_j = -np.diag(signs)
     # rows k·X.. hold ℓ_kᵀ from column k·X on; the rest (below the diagonal blocks) is never written nor read (nor
     # paged in), so it is left uninitialised. Allocated by torch: numpy
     # madvises big arrays for transparent huge pages, whose first touch can stall in memory compaction (~0.3 s here)
-    upper = torch.empty(n, n, dtype=torch.float64).numpy() if out is None else out
+    upper = (torch.empty(*batch, n, n, dtype=torch.float64).numpy() if out is None else out).reshape(-1, n, n)
     # [u v]ᵀ of the current step, in two buffers: a step reads one and writes the next step's into the other
-    gens = np.empty((2, 2 * x, n - x))
+    gens = np.empty((2, len(upper), 2 * x, n - x))
     # single-threaded BLAS: every step's products are small, and threads would cost more in wake-ups than they save
     # (and stall badly when other processes share the cores)
     with threadpool_limits(1, user_api="blas"):
         try:
-            upper[:x] = scipy.linalg.solve_triangular(np.linalg.cholesky(first[:x]), first.T, lower=True)
-            gens[1, :x], gens[1, x:] = upper[:x, :n - x], upper[:x, x:]  # u shifted down a block, v = u from block 1
+            for h, f in zip(upper, first):
+                h[:x] = scipy.linalg.solve_triangular(np.linalg.cholesky(f[:x]), f.T, lower=True)
+            gens[1, :, :x], gens[1, :, x:] = upper[:, :x, :n - x], upper[:, :x, x:]  # u shifted, v = u from block 1
             for k in range(1, lags):  # per step ~10 small numpy calls (their overhead is most of the cost)
                 s = k * x
-                g, following = gens[k % 2, :, :n - s], gens[(k + 1) % 2, :, :n - s - x]
-                jn = signs[:, None] * g[:, :x]  # J Nᵀ
-                p = g[:, :x].T @ jn
+                g, following = gens[k % 2, ..., :n - s], gens[(k + 1) % 2, ..., :n - s - x]
+                jn = signs[:, None] * g[..., :x]  # J Nᵀ
+                jnt = jn.swapaxes(-1, -2)
+                p = g[..., :x].swapaxes(-1, -2) @ jn
                 d = np.linalg.cholesky(p)
-                w, vec = np.linalg.eigh(jn @ np.linalg.solve(p, jn.T) + minus_j)
-                row = np.matmul(np.linalg.solve(d, jn.T), g, out=upper[s:s + x, s:])  # ℓ_kᵀ
+                w, vec = np.linalg.eigh(jn @ np.linalg.solve(p, jnt) + minus_j)
+                row = np.matmul(np.linalg.solve(d, jnt), g, out=upper[:, s:s + x, s:])  # ℓ_kᵀ
                 if k + 1 < lags:  # the new u is ℓ shifted down a block; the new v's first block is not needed
-                    following[:x] = row[:, :n - s - x]
-                    np.matmul((vec[:, x:] * np.sqrt(np.maximum(w[x:], 0.0))).T, g[:, x:], out=following[x:])
+                    following[:, :x] = row[..., :n - s - x]
+                    y = (vec[..., x:] * np.sqrt(np.maximum(w[..., None, x:], 0.0))).swapaxes(-1, -2)
+                    np.matmul(y, g[..., x:], out=following[:, x:])
         except np.linalg.LinAlgError:
             return None
-    return upper if np.isfinite(upper[-x:, -x:]).all() else None
+    return upper.reshape(*batch, n, n) if np.isfinite(upper[:, -x:, -x:]).all() else None
 
 
 def _toeplitz_apply(r: torch.Tensor, lags: int):
-    """``v (X·lags, w) -> H v`` for the tap-major Gram matrix of :func:`_schur_factor` (without its ``eps·I``) by FFT:
-    ``(H v)[a, p] = Σ_q Σ_b r[p, q, b − a + lags − 1] v[b, q]``, a convolution with the flipped correlations."""
-    x, ext = r.shape[0], lags - 1
+    """``v (..., X·lags, w) -> H v`` for the tap-major Gram matrices of :func:`_schur_factor` (without their ``eps·I``)
+    by FFT: ``(H v)[a, p] = Σ_q Σ_b r[p, q, b − a + lags − 1] v[b, q]``, a convolution with the flipped correlations
+    ``r (..., X, X, 2·lags − 1)``."""
+    x, ext = r.shape[-2], lags - 1
     nfft = next_fast_len(3 * lags - 2, real=True)
-    kernel = torch.fft.rfft(r.flip(-1), n=nfft)[:, :, None]  # (X, X, 1, F)
+    kernel = torch.fft.rfft(r.flip(-1), n=nfft).unsqueeze(-2)  # (..., X, X, 1, F)
 
     def apply(v: torch.Tensor) -> torch.Tensor:
-        spec = torch.fft.rfft(v.view(lags, x, -1).permute(1, 2, 0), n=nfft)  # (X, w, F)
-        acc = kernel[:, 0] * spec[0]  # Σ_q kernel[:, q]·spec[q], a q at a time (no (X, X, w, F) temporary)
+        spec = torch.fft.rfft(v.unflatten(-2, (lags, x)).movedim(-3, -1), n=nfft)  # (..., X, w, F)
+        # Σ_q kernel[:, q]·spec[q], a q at a time (no (X, X, w, F) temporary)
+        acc = kernel[..., 0, :, :] * spec[..., 0, None, :, :]
         for q in range(1, x):
-            acc.addcmul_(kernel[:, q], spec[q])
-        out = torch.fft.irfft(acc, n=nfft)[..., ext:ext + lags]  # (X, w, L)
-        return out.permute(2, 0, 1).reshape(v.shape)
+            acc.addcmul_(kernel[..., q, :, :], spec[..., q, None, :, :])
+        out = torch.fft.irfft(acc, n=nfft)[..., ext:ext + lags]  # (..., X, w, L)
+        return out.movedim(-1, -3).reshape(v.shape)
 
     return apply
 
