@@ -172,8 +172,17 @@ def test_block_toeplitz_factor_is_the_cholesky_factor():
     torch.testing.assert_close(upper.triu().mT, chol, rtol=0, atol=1e-8 * float(chol.abs().max()))
     v = torch.randn(x * lags, 3, dtype=torch.float64)
     torch.testing.assert_close(be._toeplitz_apply(r, lags)(v), gram @ v, rtol=1e-10, atol=1e-12)
+    # a batch (the own-source systems) is factorised and multiplied like its members, one at a time
+    pairs = torch.stack([r[:2, :2], r[2:4, 2:4]])
+    batched = be._schur_factor(pairs.numpy(), lags)
+    w = torch.randn(2, 2 * lags, 3, dtype=torch.float64)
+    for k in range(2):
+        single = np.triu(be._schur_factor(pairs[k].numpy(), lags))
+        np.testing.assert_allclose(np.triu(batched[k]), single, rtol=0, atol=1e-12 * np.abs(single).max())
+        torch.testing.assert_close(be._toeplitz_apply(pairs, lags)(w)[k], be._toeplitz_apply(pairs[k], lags)(w[k]))
     twin = be._correlations([stems[:, :1].repeat(1, 2, 1)], x, lags)
     assert be._schur_factor(twin.numpy(), lags) is None
+    assert be._schur_factor(torch.stack([r, twin]).numpy(), lags) is None  # one singular member refuses the batch
 
 
 def test_dense_path_gives_the_same_metrics(monkeypatch):
