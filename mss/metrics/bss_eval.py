@@ -392,14 +392,17 @@ def _filters(refs: torch.Tensor, ests: torch.Tensor, lags: int, cond_limit: floa
     apply = _toeplitz_apply(r[:, :x], lags)
     lam_max = _power_iteration(apply, apply(_probe(x * lags, 8, r)), iters=8)  # cheap FFT products: run longer
     cpu = refs.device.type == "cpu"
-    # own-source systems: on CPU all sources' at once by the Schur recursion (λ_max of G bounds theirs), else (or when
-    # refused) dense, one at a time
-    own_r = torch.stack([r[rows, rows] for rows in channels[1:]])
-    solved = _toeplitz_solve(own_r, own_rhs, lags, _toeplitz_apply(own_r, lags), lam_max, scratch) if cpu else None
-    if solved is None:
+    # own-source systems: on CPU all sources' at once by the Schur recursion (λ_max of G bounds theirs); else, or when
+    # the recursion refuses, dense, one at a time
+    solved = None
+    if cpu:
+        own_r = torch.stack([r[rows, rows] for rows in channels[1:]])
+        solved = _toeplitz_solve(own_r, own_rhs, lags, _toeplitz_apply(own_r, lags), lam_max, scratch)
+    if solved is not None:
+        c_own = solved[0]
+    else:
         own = [_dense_solve(gram(rows, scratch), b, cond=False)[0] for rows, b in zip(channels[1:], own_rhs)]
-        solved = None if any(c is None for c in own) else (torch.stack(own), math.nan)
-    c_own = None if solved is None else solved[0]
+        c_own = None if any(c is None for c in own) else torch.stack(own)
     solved = _toeplitz_solve(r[:, :x], rhs, lags, apply, lam_max, scratch, cond=True) if cpu else None
     c_all, lam_min = solved if solved is not None else _dense_solve(gram(channels[0], scratch), rhs)
     cond = lam_max / lam_min if lam_min > 0 and c_own is not None else math.inf
