@@ -166,7 +166,7 @@ def main() -> None:
             sdr_only = np.load(folder / "mss-sdr.npy")
             deltas = [max_delta(ref[k], ours[k]) for k in range(4)] + [max_delta(ref[0], sdr_only[0])]
             agreement.append((seconds, deltas))
-        print(f"done {seconds:g} s: " + ", ".join(f"{k} {v['time']:.2f} s (runs: {v['times']})"
+        print(f"done {seconds:g} s: " + ", ".join(f"{k} {v['time']:.2f} s (runs: {v.get('times', '?')})"
                                                     for k, v in res.items()), flush=True)
 
     print(f"\nBSS Eval v4, 4 stereo sources, 44.1 kHz, 16-bit references; {args.threads} threads; mss on "

@@ -383,9 +383,9 @@ def _filters(refs: torch.Tensor, ests: torch.Tensor, lags: int, cond_limit: floa
     own_rhs = torch.stack([rhs[e * cl:(e + 1) * cl, e * n_ch:(e + 1) * n_ch] for e in range(n_src)])
     channels = [slice(0, x)] + [slice(e * n_ch, (e + 1) * n_ch) for e in range(n_src)]  # all, then each source's
 
-    def gram(rows: slice, scratch: _Scratch | None = None) -> torch.Tensor:  # G + eps·I over the channels ``rows``
+    def gram(rows: slice, in_scratch: bool = False) -> torch.Tensor:  # G + eps·I over the channels ``rows``
         n = (rows.stop - rows.start) * lags
-        g = _gram(r[rows, rows], lags, None if scratch is None else scratch.reset().take(n, n))
+        g = _gram(r[rows, rows], lags, scratch.reset().take(n, n) if in_scratch else None)
         g.diagonal().add_(EPS)
         return g
 
@@ -401,10 +401,10 @@ def _filters(refs: torch.Tensor, ests: torch.Tensor, lags: int, cond_limit: floa
     if solved is not None:
         c_own = solved[0]
     else:
-        own = [_dense_solve(gram(rows, scratch), b, cond=False)[0] for rows, b in zip(channels[1:], own_rhs)]
+        own = [_dense_solve(gram(rows, True), b, cond=False)[0] for rows, b in zip(channels[1:], own_rhs)]
         c_own = None if any(c is None for c in own) else torch.stack(own)
     solved = _toeplitz_solve(r[:, :x], rhs, lags, apply, lam_max, scratch, cond=True) if cpu else None
-    c_all, lam_min = solved if solved is not None else _dense_solve(gram(channels[0], scratch), rhs)
+    c_all, lam_min = solved if solved is not None else _dense_solve(gram(channels[0], True), rhs)
     cond = lam_max / lam_min if lam_min > 0 and c_own is not None else math.inf
     if cond > cond_limit:  # flagged: LU like museval (numbers are not meaningful anyway), on the rebuilt matrices
         del c_own, c_all
@@ -482,8 +482,8 @@ def _schur_factor(r: np.ndarray, lags: int, out: np.ndarray | None = None) -> np
     signs = np.r_[np.ones(x), -np.ones(x)]  # J
     minus_j = -np.diag(signs)
     # rows k·X.. hold ℓ_kᵀ from column k·X on; the rest (below the diagonal blocks) is never written nor read (nor
-    # paged in), so it is left uninitialised. Allocated by torch: numpy
-    # madvises big arrays for transparent huge pages, whose first touch can stall in memory compaction (~0.3 s here)
+    # paged in), so it is left uninitialised. Allocated by torch: numpy madvises big arrays for transparent huge
+    # pages, whose first touch can stall in memory compaction (~0.3 s here)
     upper = (torch.empty(*batch, n, n, dtype=torch.float64).numpy() if out is None else out).reshape(-1, n, n)
     # [u v]ᵀ of the current step, in two buffers: a step reads one and writes the next step's into the other
     gens = np.empty((2, len(upper), 2 * x, n - x))
