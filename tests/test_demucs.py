@@ -15,7 +15,7 @@ from mss.models.blocks import BLSTM, DConv, LocalState, center_trim, rescale_mod
 from mss.models.demucs import Demucs, DemucsV2
 from mss.run import compose
 from tests._overfit import assert_overfits, toy_batch
-from tests._reference import import_reference
+from tests._reference import import_reference, randomise_
 
 SOURCES4 = ["drums", "bass", "other", "vocals"]
 
@@ -81,13 +81,6 @@ def test_v2_state_dict_layout():
     assert len(shapes) == 6 * 4 * 2 + 2 * 2 * 4 + 2
 
 
-def _randomise(module: torch.nn.Module) -> None:
-    """Random weights everywhere (LayerScale and GroupNorm too), so parity covers every parameter."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0, 0.1)
-
-
 @pytest.mark.parametrize("kwargs", [dict(channels=8, depth=5),
                                     dict(channels=4, depth=5, dconv_mode=3, lstm_layers=1, context=2,
                                          normalize=False, resample=False, norm_starts=2)])
@@ -95,7 +88,7 @@ def test_v3_matches_the_reference(kwargs):
     ref = import_reference("demucs.demucs")
     torch.manual_seed(0)
     reference = ref.Demucs(SOURCES4, **kwargs)
-    _randomise(reference)
+    randomise_(reference)
     ours = Demucs(SOURCES4, **kwargs)
     assert list(ours.state_dict()) == list(reference.state_dict())
     ours.load_state_dict(reference.state_dict())
@@ -110,7 +103,7 @@ def test_v3_matches_the_reference(kwargs):
 def test_v3_class_defaults_match_the_reference():
     ref = import_reference("demucs.demucs")
     torch.manual_seed(0)
-    reference = ref.Demucs(SOURCES4).eval()
+    reference = randomise_(ref.Demucs(SOURCES4)).eval()
     ours = Demucs(SOURCES4).eval()
     ours.load_state_dict(reference.state_dict())
     mix = torch.randn(1, 2, 44_100)
@@ -137,7 +130,7 @@ def test_dconv_matches_the_reference(kwargs):
     ref = import_reference("demucs.demucs")
     torch.manual_seed(1)
     reference = ref.DConv(32, **kwargs)
-    _randomise(reference)
+    randomise_(reference)
     ours = DConv(32, **kwargs)
     assert list(ours.state_dict()) == list(reference.state_dict())
     ours.load_state_dict(reference.state_dict())
@@ -155,7 +148,7 @@ def test_local_state_and_blstm_match_the_reference(name):
         reference, ours, channels = ref.LocalState(16, 4, 3, 2), LocalState(16, 4, 3, 2), 16
     else:  # 101 steps in chunks of 40
         reference, ours, channels = ref.BLSTM(8, 2, 40, True), BLSTM(8, 2, 40, True), 8
-    _randomise(reference)
+    randomise_(reference)
     ours.load_state_dict(reference.state_dict())
     x = torch.randn(3, channels, 101)
     with torch.no_grad():

@@ -11,7 +11,7 @@ import yaml
 from mss import load_model
 from mss.losses import MultiResolutionSTFTL1, WaveformL1
 from mss.pretrained.import_roformer import main
-from tests._reference import import_reference
+from tests._reference import import_reference, randomise_
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -21,13 +21,9 @@ BANDS = [4, 4, 8, 16, 32, 65]
 
 
 def randomise(net: torch.nn.Module) -> torch.nn.Module:
-    """Perturb every weight (norm gains and attention temperatures included) so that every key mapping matters."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "rotary" not in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return net.eval()
+    """Every trainable weight random (norm gains and attention temperatures included) so that every key mapping
+    matters; the frozen rotary tables stay."""
+    return randomise_(net, seed=0).eval()
 
 
 def write(tmp_path, name: str, state: dict, model: dict, training: dict) -> tuple[str, str]:

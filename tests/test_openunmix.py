@@ -16,7 +16,7 @@ from mss.models.openunmix import OpenUnmix, bandwidth_to_max_bin
 from mss.pretrained.import_umx import main
 from mss.run import compose
 from tests._overfit import SOURCES, assert_overfits, toy_batch
-from tests._reference import import_reference
+from tests._reference import import_reference, randomise_
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -52,13 +52,7 @@ def reference_targets(umx, names, hidden=32, max_bin=186):
     nets = {}
     for name in names:
         net = umx.OpenUnmix(nb_bins=257, nb_channels=2, hidden_size=hidden, max_bin=max_bin)
-        with torch.no_grad():
-            for p in net.parameters():
-                p.add_(0.1 * torch.randn_like(p))
-            for bn in (net.bn1, net.bn2, net.bn3):
-                bn.running_mean.normal_(0, 0.1)
-                bn.running_var.uniform_(0.5, 1.5)
-        nets[name] = net.eval()
+        nets[name] = randomise_(net, seed=len(nets)).eval()  # batch-norm statistics too
     return nets
 
 
