@@ -4,33 +4,26 @@ elsewhere (macOS, Windows, musl), where the allocator keeps its own policy. Memo
 from __future__ import annotations
 
 import ctypes
-import functools
 
 from mss.platform import disabled, fallback
 
+LIBC = "libc.so.6"  # glibc's soname
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-
-
-@functools.cache
-def _load_glibc() -> ctypes.CDLL | None:
-    try:
-        lib = ctypes.CDLL("libc.so.6")
-        lib.mallopt, lib.malloc_trim  # noqa: B018
-        return lib
-    except (OSError, AttributeError):
-        return None
+_INSTEAD = "the allocator's defaults (no mallopt/malloc_trim)"
 
 
 def glibc() -> ctypes.CDLL | None:
     """The C library when it is glibc (``mallopt`` and ``malloc_trim`` available), else ``None`` (the no-op
     fallback is logged once)."""
     if disabled("glibc"):
-        fallback("glibc", "MSS_DISABLE_FAST_PATHS", "the allocator's defaults (no mallopt/malloc_trim)")
+        fallback("glibc", "MSS_DISABLE_FAST_PATHS", _INSTEAD)
         return None
-    lib = _load_glibc()
-    if lib is None:
-        fallback("glibc", "glibc (libc.so.6 with mallopt/malloc_trim) not found",
-                 "the allocator's defaults (no mallopt/malloc_trim)")
+    try:
+        lib = ctypes.CDLL(LIBC)  # already loaded in any glibc process: a lookup, not a load
+        lib.mallopt, lib.malloc_trim  # noqa: B018
+    except (OSError, AttributeError):
+        fallback("glibc", f"{LIBC} with mallopt/malloc_trim not found", _INSTEAD)
+        return None
     return lib
 
 
