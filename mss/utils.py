@@ -1,9 +1,7 @@
-"""Small shared helpers: atomic file writes, git revision, the glibc handle."""
+"""Small shared helpers: atomic file writes, git revision."""
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
 import subprocess
 import tempfile
@@ -41,15 +39,3 @@ def git_revision(cwd: str | os.PathLike | None = None) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-@functools.cache
-def glibc() -> ctypes.CDLL | None:
-    """The C library when it is glibc (``mallopt`` / ``malloc_trim`` available, used to tune memory return to the
-    OS), else ``None``."""
-    try:
-        lib = ctypes.CDLL("libc.so.6")
-        lib.mallopt, lib.malloc_trim  # noqa: B018
-        return lib
-    except (OSError, AttributeError):
-        return None

@@ -208,7 +208,7 @@ def main(argv=None):
             dense = r if method == "dense" else dense
 
             def ratio(key, r=r, dense=dense):
-                if dense is None or key not in r or not dense.get(key):
+                if dense is None or r.get(key) is None or not dense.get(key):
                     return "      -"
                 return f"{r[key] / dense[key]:7.2f}"
 
@@ -226,13 +226,15 @@ def main(argv=None):
         if r is None:
             continue
         line = (f"htdemucs_sparse {name[6:]:>6} ({r['params']:,} params, {r['seconds']:.1f} s): "
-                f"fwd {r['fwd_s']:.2f} s {r['fwd_mem'] / 2**20:.0f} MiB")
+                f"fwd {r['fwd_s']:.2f} s {_fmt_mem(r['fwd_mem']).strip()} MiB")
         if "fb_s" in r:
-            line += f", fwd+bwd {r['fb_s']:.2f} s {r['fb_mem'] / 2**20:.0f} MiB"
+            line += f", fwd+bwd {r['fb_s']:.2f} s {_fmt_mem(r['fb_mem']).strip()} MiB"
         if dense is not None:
             line += f" | ratio to dense: fwd time {r['fwd_s'] / dense['fwd_s']:.2f}"
             if "fb_s" in r:
-                line += f", f+b time {r['fb_s'] / dense['fb_s']:.2f}, f+b mem {r['fb_mem'] / dense['fb_mem']:.2f}"
+                line += f", f+b time {r['fb_s'] / dense['fb_s']:.2f}"
+            if r.get("fb_mem") and dense.get("fb_mem"):
+                line += f", f+b mem {r['fb_mem'] / dense['fb_mem']:.2f}"
         print(line)
 
 

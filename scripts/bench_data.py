@@ -20,8 +20,8 @@ Pipelines (batch of ``--batch-size`` examples of 4 stereo stems, ``--segment`` s
 
 Throughput = examples delivered per second after one warm-up batch (workers started), main process idle; per core
 = divided by the number of workers (each worker is one process with torch threads fixed to 1); per worker
-CPU-second = examples / CPU time (user + system, /proc) the worker processes used meanwhile, i.e. what a dedicated
-core delivers, which stays meaningful when other jobs share the machine. The goal on a training host: >= 200
+CPU-second = examples / CPU time (user + system; /proc, else psutil) the worker processes used meanwhile, i.e. what a
+dedicated core delivers, which stays meaningful when other jobs share the machine. The goal on a training host: >= 200
 segments/s per core without repitch, >= 20 with it. Load average is printed: on a shared machine the wall-clock
 figures are pessimistic; the CPU-second column and the ratios in the same run are what to read.
 
@@ -77,19 +77,12 @@ def _collate(items):
     return torch.stack([x[..., :length] for x in items])
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """user + system CPU seconds of a process and its finished children (ffmpeg), from Linux /proc, or None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def throughput(loader, batches: int) -> tuple[float, float | None]:
-    """(segments per wall-clock second, segments per CPU-second of the worker processes). The second figure is
-    what one dedicated core would deliver, and it stays meaningful on a loaded machine where the wall-clock rate
-    depends on what else runs."""
+    """(segments per wall-clock second, segments per CPU-second of the worker processes, or None where their CPU
+    time is unknown: :func:`mss.platform.process.cpu_seconds`). The second figure is what one dedicated core would
+    deliver, and it stays meaningful on a loaded machine where the wall-clock rate depends on what else runs."""
+    from mss.platform.process import cpu_seconds
+
     it = iter(loader)
     next(it)  # warm-up: workers started, files opened
     pids = [w.pid for w in getattr(it, "_workers", [])]
@@ -97,7 +90,7 @@ def throughput(loader, batches: int) -> tuple[float, float | None]:
     def cpu():
         if not pids:
             return time.process_time()
-        values = [_cpu_seconds(p) for p in pids]
+        values = [cpu_seconds(p) for p in pids]
         return None if None in values else sum(values)
 
     cpu0, start, count = cpu(), time.perf_counter(), 0
@@ -211,8 +204,9 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory(prefix="bench_data_")
     root = args.root or generate(Path(tmp.name) / "synth", n_train=args.tracks, n_valid=0, n_test=0,
                                  duration=args.duration, seed=0, stems_mp4=not args.no_musdb_stems)
+    load = f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"  # no load average on Windows
     print(f"# data: {root} ({args.tracks} tracks x {args.duration:g} s), batch {args.batch_size}, segment "
-          f"{args.segment:g} s + 1 s margin, {args.batches} timed batches; load average {os.getloadavg()[0]:.1f} on "
+          f"{args.segment:g} s + 1 s margin, {args.batches} timed batches; load average {load} on "
           f"{os.cpu_count()} cores")
     pipelines = [("mss", lambda w: mss_loader(root, w, args, None)),
                  ("mss+repitch (vocoder)", lambda w: mss_loader(root, w, args, "vocoder"))]

@@ -8,7 +8,8 @@ dither (like MUSDB), vocals digitally silent from 2 to 5 s; float32 estimates = 
 -26 dB, filtered by [0.9, 0.1]. Each measurement runs in its own subprocess (threads fixed with
 ``torch.set_num_threads`` / ``OMP_NUM_THREADS``); peak memory is the child's peak RSS during the evaluation
 (``VmHWM``, restarted after imports and loading the signals, whose transient copies would otherwise count;
-``ru_maxrss`` where it cannot be restarted) and its increase over the RSS at that point. mss is timed ``--repeat``
+``PeakMemory`` of ``scripts/_memory.py``, which says n/a where the platform cannot restart it) and its increase
+over the RSS at that point. mss is timed ``--repeat``
 times and museval ``--museval-repeat`` times (fresh processes; the median time and the largest peak are reported:
 on a shared VM single runs scatter by +-25 %, museval's as much as ours); all signals are generated first and
 museval runs last (a process started right after another freed GBs starts measurably slower here). Prints one
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SR = 44100
 
@@ -50,22 +52,8 @@ def make_signals(seconds: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return refs, lfilter([0.9, 0.1], [1.0], ests, axis=1).astype(np.float32)
 
 
-def _rss_mb(field: str = "VmRSS") -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> bool:
-    """Restart the peak-RSS count (``VmHWM``) here, so that loading the signals does not count (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+def _mb(nbytes: int | None) -> float:
+    return float("nan") if nbytes is None else nbytes / 2**20
 
 
 def worker(method: str, folder: Path, threads: int, device: str) -> None:
@@ -90,14 +78,16 @@ def worker(method: str, folder: Path, threads: int, device: str) -> None:
 
         if device.startswith("cuda"):  # warm-up (CUDA context, cuFFT plans) outside the timing
             evaluate(refs[:, :SR * 3], ests[:, :SR * 3])
-    base = _rss_mb()
-    fresh_peak = _reset_peak()
-    start = time.perf_counter()
-    result = evaluate(refs, ests)
-    seconds = time.perf_counter() - start
-    peak = _rss_mb("VmHWM") if fresh_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from scripts._memory import PeakMemory
+
+    with PeakMemory("cpu") as mem:  # restarts the peak count: loading the signals does not count
+        start = time.perf_counter()
+        result = evaluate(refs, ests)
+        seconds = time.perf_counter() - start
+    increase = _mb(mem.peak)  # NaN where the platform cannot tell (see scripts/_memory.py)
+    peak = _mb(mem.base) + increase
     np.save(folder / f"{method}.npy", np.stack([np.asarray(m, dtype=np.float64) for m in result]))
-    print(json.dumps({"time": seconds, "peak": peak, "increase": peak - base}))
+    print(json.dumps({"time": seconds, "peak": peak, "increase": increase}))
 
 
 def run_child(method: str, folder: Path, threads: int, device: str) -> dict:

@@ -129,7 +129,8 @@ def measure(fns: dict[str, Callable[[], object]], device: torch.device, repeats:
     for _ in range(repeats):
         for name, fn in fns.items():
             elapsed, grown = _measure_once(fn, device, clock)
-            best[name] = (min(best[name][0], elapsed), max(best[name][1], grown))
+            peak = None if grown is None or best[name][1] is None else max(best[name][1], grown)  # None: unknown
+            best[name] = (min(best[name][0], elapsed), peak)
     return best
 
 
@@ -209,7 +210,7 @@ def format_table(rows: list[dict], backward: bool) -> str:
         return f"{row['ref_' + key] / row['ours_' + key]:.2f}x" if "ref_" + key in row else "n/a"
 
     def mem(row, key):
-        return f"{row[key] / 2**20:.0f}" if key in row else "-"
+        return f"{row[key] / 2**20:.0f}" if row.get(key) is not None else "-"
 
     head = ["case", "params", "fwd s/s ours", "fwd s/s ref", "fwd speedup", "fwd MB ours", "fwd MB ref"]
     if backward:

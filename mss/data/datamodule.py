@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from mss.data.datasets import SegmentDataset, TrackDataset
 from mss.data.tracks import DatasetError, Track, decode_stems, find_tracks, is_pcm16, read_track_list
-from mss.utils import glibc
+from mss.platform.allocator import tune_allocator
+from mss.platform.shm import has_shared_memory, shared_storage
 
 FORMATS = ("wav", "flac", "stems")
 
@@ -78,11 +79,12 @@ class SeededDataset(Dataset):
 
     Batches (:meth:`__getitems__`, which the DataLoader calls with a whole batch of indices) are written in place:
     when the wrapped dataset has ``item_shape`` and ``read(index, out)``, one ``(B, *item_shape)`` tensor is
-    allocated (in shared memory inside a loader worker, where the default collate would have copied the items to)
-    and every example is read straight into its row; :func:`collate` passes it through."""
+    allocated (in shared memory inside a loader worker, where the default collate would have copied the items to;
+    from the workers' pool of reused storages when ``pool``, see :func:`_empty_batch`) and every example is read
+    straight into its row; :func:`collate` passes it through."""
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, pool: bool = True):
+        self.dataset, self.pool = dataset, pool
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -98,7 +100,7 @@ class SeededDataset(Dataset):
         shape = getattr(self.dataset, "item_shape", None)
         if shape is None or not all(isinstance(item, tuple) for item in items):
             return [self[item] for item in items]
-        batch = _empty_batch((len(items), *shape), getattr(self.dataset, "item_dtype", torch.float32))
+        batch = _empty_batch((len(items), *shape), getattr(self.dataset, "item_dtype", torch.float32), self.pool)
         for row, (index, seed) in zip(batch, items):
             with _seeded(seed):
                 self.dataset.read(index, out=row)  # type: ignore[attr-defined]
@@ -119,29 +121,31 @@ _FLAG_BYTES = 64  # trailing bytes of a pooled storage; the first is its flag (0
 _pool: list[tuple[torch.UntypedStorage, torch.Tensor]] = []  # this worker's pooled storages and their flag bytes
 
 
-def _empty_batch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """Uninitialised tensor, in shared memory when called in a DataLoader worker (sent to the main process without
-    a copy, as the default collate does).
+def _empty_batch(shape: tuple[int, ...], dtype: torch.dtype, pool: bool = True) -> torch.Tensor:
+    """Uninitialised tensor, in shared memory when called in a DataLoader worker with ``pool`` (sent to the main
+    process without a copy, as the default collate does); a plain tensor otherwise (which the DataLoader moves to
+    shared memory itself when it sends it from a worker: ``pool=False`` is the fallback where the platform cannot
+    share memory, :func:`mss.platform.shm.has_shared_memory`).
 
-    In a worker, batches reuse a small per-worker pool of shared-memory storages: writing into pages already mapped
-    costs ~2 ms per 44 MB batch, a fresh storage ~25-30 ms of first-touch page faults here (more than reading the
-    examples). A storage is reused once the main process has dropped the batch it held (:func:`collate` ships it as
-    :class:`PooledBatch`, whose unpickling there attaches the release to the received tensor's garbage collection;
-    a view of the batch, or autograd saving it or a view of it for backward, keeps that tensor alive); when no pooled
-    storage is free and the pool is full, a fresh one is made as before, so nothing ever waits for the consumer, and
-    the pool never holds more storages than were in use at once. Whoever keeps the memory of a training batch
-    without a tensor view of it (``batch.numpy()``, ``batch.untyped_storage()``) after dropping the batch must
-    ``clone()`` it: the worker refills that memory."""
-    if torch.utils.data.get_worker_info() is None:
+    With ``pool``, in a worker, batches reuse a small per-worker pool of shared-memory storages: writing into pages
+    already mapped costs ~2 ms per 44 MB batch, a fresh storage ~25-30 ms of first-touch page faults here (more than
+    reading the examples). A storage is reused once the main process has dropped the batch it held (:func:`collate`
+    ships it as :class:`PooledBatch`, whose unpickling there attaches the release to the received tensor's garbage
+    collection; a view of the batch, or autograd saving it or a view of it for backward, keeps that tensor alive);
+    when no pooled storage is free and the pool is full, a fresh one is made as before, so nothing ever waits for the
+    consumer, and the pool never holds more storages than were in use at once. Whoever keeps the memory of a
+    training batch without a tensor view of it (``batch.numpy()``, ``batch.untyped_storage()``) after dropping the
+    batch must ``clone()`` it: the worker refills that memory."""
+    if not pool or torch.utils.data.get_worker_info() is None:
         return torch.empty(shape, dtype=dtype)
     nbytes = dtype.itemsize * math.prod(shape)
     slot = next((slot for slot in _pool if slot[0].nbytes() == nbytes + _FLAG_BYTES and slot[1].item()), None)
     if slot is None and len(_pool) < _POOL_SLOTS:
-        storage = torch.UntypedStorage._new_shared(nbytes + _FLAG_BYTES)
+        storage = shared_storage(nbytes + _FLAG_BYTES)
         slot = (storage, _flag(storage, nbytes))
         _pool.append(slot)
     if slot is None:
-        return torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes), 0, shape)
+        return torch.empty(0, dtype=dtype).set_(shared_storage(nbytes), 0, shape)
     slot[1].fill_(0)
     return torch.empty(0, dtype=dtype).set_(slot[0], 0, shape)
 
@@ -186,13 +190,11 @@ def collate(batch):
 
 
 def tune_worker_allocator(worker_id: int = 0) -> None:
-    """``worker_init_fn`` of the training loader: keep freed heap memory in the worker for reuse (glibc
-    ``mallopt``: no mmap for big blocks, no trimming) instead of returning it to the OS. The loader allocates and
-    frees tens of MB per example (repitch: ~20 arrays of ~30 MB); fresh pages cost a page fault each, which
-    measured 1.4x the repitch time. No effect where glibc is not the allocator."""
-    if (libc := glibc()) is not None:
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+    """``worker_init_fn`` of the training loader: keep freed heap memory in the worker for reuse
+    (:func:`mss.platform.allocator.tune_allocator`, glibc ``mallopt``) instead of returning it to the OS. The loader
+    allocates and frees tens of MB per example (repitch: ~20 arrays of ~30 MB); fresh pages cost a page fault each,
+    which measured 1.4x the repitch time. No effect where glibc is not the allocator."""
+    tune_allocator()
 
 
 class MSSDataModule(L.LightningDataModule):
@@ -215,6 +217,9 @@ class MSSDataModule(L.LightningDataModule):
         repitch: optional :class:`mss.data.augment.Repitch` (pitch/tempo change in the loader workers).
         segment_margin: seconds read beyond ``segment`` for batch augmentations that shorten the excerpt (the
             ``Shift`` of ``augment=demucs``), so the network still trains on ``segment`` seconds.
+        batch_pool: loader workers write training batches into a pool of reused shared-memory buffers (see
+            :func:`_empty_batch`); only with ``num_workers > 0``, and only where torch can share memory (else plain
+            tensors, logged once: :mod:`mss.platform.shm`).
     """
 
     def __init__(self, *, root: str | None, sources: list[str], sample_rate: int = 44100, channels: int = 2,
@@ -223,7 +228,7 @@ class MSSDataModule(L.LightningDataModule):
                  train_subset: str = "train", test_subset: str = "test",
                  aggregates: dict[str, list[str]] | None = None, convert: bool = False,
                  cache_dir: str = "~/.cache/mss", synth: dict | None = None, pin_memory: bool = False,
-                 seed: int | None = None, repitch=None, segment_margin: float = 0.0):
+                 seed: int | None = None, repitch=None, segment_margin: float = 0.0, batch_pool: bool = True):
         super().__init__()
         if format not in FORMATS:
             raise ValueError(f"data.format={format!r}: expected one of {FORMATS}")
@@ -238,6 +243,7 @@ class MSSDataModule(L.LightningDataModule):
         self.aggregates, self.convert, self.pin_memory = dict(aggregates or {}), convert, pin_memory
         self.cache_dir = Path(os.path.expanduser(cache_dir))
         self.repitch, self.segment_margin = repitch, float(segment_margin)
+        self.batch_pool = bool(batch_pool)
         self.synth = dict(synth) if synth is not None else None
         self.root = Path(root).expanduser() if root is not None else self._synth_root()
         self.tracks: dict[str, list[Track]] = {}
@@ -371,7 +377,8 @@ class MSSDataModule(L.LightningDataModule):
         elif getattr(self, "trainer", None) is not None:
             self._sampler.set_epoch(self.trainer.current_epoch)
         # the loader's own generator: iterating never draws from (and so never shifts) the training process's RNG
-        return self._loader(SeededDataset(dataset), batch_size=self.batch_size, sampler=self._sampler,
+        pool = self.batch_pool and self.num_workers > 0 and has_shared_memory()
+        return self._loader(SeededDataset(dataset, pool), batch_size=self.batch_size, sampler=self._sampler,
                             drop_last=True, generator=torch.Generator().manual_seed(seed), collate_fn=collate,
                             worker_init_fn=tune_worker_allocator)
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from mss.audio.io import AudioError, audio_info, load_audio, save_audio
+from mss.platform.fileio import read_at, read_bytes
 from mss.utils import atomic_write_text
 
 METADATA_VERSION = 1
@@ -94,12 +95,12 @@ def _pcm16_layout(path: str, fd: int) -> tuple[int, int, int, int] | None:
     if key in _WAV_LAYOUTS:
         return _WAV_LAYOUTS[key]
     layout, fmt, pos = None, b"", 12
-    if os.pread(fd, 12, 0)[:4] == b"RIFF" and os.pread(fd, 4, 8) == b"WAVE":
+    if read_bytes(fd, 12, 0)[:4] == b"RIFF" and read_bytes(fd, 4, 8) == b"WAVE":
         while pos + 8 <= st.st_size:
-            head = os.pread(fd, 8, pos)
+            head = read_bytes(fd, 8, pos)
             cid, n = head[:4], int.from_bytes(head[4:], "little")
             if cid == b"fmt ":
-                fmt = os.pread(fd, min(n, 64), pos + 8)
+                fmt = read_bytes(fd, min(n, 64), pos + 8)
             elif cid == b"data":
                 if len(fmt) >= 16:
                     tag, ch, rate, bits = (int.from_bytes(fmt[a:b], "little") for a, b in
@@ -118,7 +119,7 @@ def _open_pcm16(path: str):
     """``(fd, layout)`` of ``path`` opened for reading (closed on exit); ``layout`` is :func:`_pcm16_layout`'s, or
     ``None`` when the file is not a plain 16-bit PCM WAV or cannot be opened."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))  # O_BINARY: no newline translation (Windows)
     except OSError:
         yield None, None
         return
@@ -150,7 +151,8 @@ def read_pcm16(path: str, start: int, out: np.ndarray, channels: int | None = No
                sample_rate: int | None = None) -> bool:
     """Read ``out.shape[-1]`` frames from ``start`` of a 16-bit PCM WAV file into the float32 array ``out``
     ``(C, frames)`` (scaled by 1/32768, exactly what soundfile returns; an int16 ``out`` gets the samples as they
-    are; zeros past the end): one ``pread`` and one conversion, no soundfile. Returns ``False`` without reading
+    are; zeros past the end): one positional read (:func:`mss.platform.fileio.read_at`: ``pread`` where the platform
+    has it) and one conversion, no soundfile. Returns ``False`` without reading
     when the file is not a plain 16-bit PCM WAV or its channel count / sample rate differ from ``out`` /
     ``channels`` / ``sample_rate`` (the caller then uses :func:`mss.audio.io.load_audio`, which converts or
     raises a clear error)."""
@@ -163,7 +165,7 @@ def read_pcm16(path: str, start: int, out: np.ndarray, channels: int | None = No
             return False
         n = max(0, min(out.shape[-1], total - start))
         data = _read_buffer(2 * ch * n)
-        got = os.preadv(fd, [data], offset + 2 * ch * start) if n else 0
+        got = read_at(fd, offset + 2 * ch * start, data) if n else 0
     if got != 2 * ch * n:
         raise AudioError(f"{path}: file is shorter than its header says ({got} bytes read at frame {start}, "
                          f"expected {2 * ch * n})")
