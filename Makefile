@@ -7,7 +7,7 @@ ARGS  ?=
 
 .PHONY: setup train test test-all clean
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml setup.py scripts/setup.sh
 	bash scripts/setup.sh
 	touch $@
 

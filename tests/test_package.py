@@ -27,7 +27,8 @@ SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scrip
 def run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
-        raise AssertionError(f"{cmd[:3]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(f"{' '.join(cmd)[:200]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-5000:]}")
     return proc
 
 
@@ -87,7 +88,7 @@ USER_EXPERIMENT = '''
 defaults:
   - override /model: mine
 trainer:
-  max_epochs: 2
+  max_epochs: 1
 module:
   optimizer:
     lr: 3.0e-3
@@ -109,7 +110,7 @@ def test_user_model_and_configs_from_their_own_project(synth_root, tmp_path):
          f"paths.cache_dir={tmp_path / 'cache'}", *TINY_LOSS, *[o for o in TINY_RUN if "max_epochs" not in o]],
         cwd=project)
     cfg = (run_dir / "config.yaml").read_text()
-    assert "_target_: mymodels.GainNet" in cfg and "max_epochs: 2" in cfg and "lr: 0.003" in cfg
+    assert "_target_: mymodels.GainNet" in cfg and "max_epochs: 1" in cfg and "lr: 0.003" in cfg
     assert (run_dir / "eval" / "results.csv").is_file()
     code = ("import mss, torch, mymodels\n"
             f"net = mss.load_model({str(run_dir / 'checkpoints' / 'best.ckpt')!r})\n"
@@ -165,8 +166,12 @@ def test_wheel_installs_and_runs_from_any_folder(tmp_path):
 
     (purelib / "test_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
 
+    # the user's project is a git repository holding the venv: its revision is not mss's
     work = tmp_path / "work"
     work.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    run([*git, "init", "-q"], tmp_path, env)
+    run([*git, "commit", "-q", "--allow-empty", "-m", "user project"], tmp_path, env)
     where = run(["python", "-c", "import mss, mss.run; print(mss.__file__); print(mss.run.CONF_DIR)"], work, env)
     mss_file, conf = (Path(line) for line in where.stdout.split())
     assert mss_file == purelib / "mss" / "__init__.py" and conf == purelib / "mss" / "conf"
@@ -177,6 +182,7 @@ def test_wheel_installs_and_runs_from_any_folder(tmp_path):
     (run_dir,) = (work / "logs" / "train" / "runs").iterdir()
     best = run_dir / "checkpoints" / "best.ckpt"
     assert (run_dir / "eval" / "results.csv").is_file()
+    assert (run_dir / "git_sha.txt").read_text() == "unknown\n"
     out = run(["mss-evaluate", f"ckpt={best}", "hydra.run.dir=evaluated"], work, env)
     assert "SDR" in out.stdout and (work / "evaluated" / "results.md").is_file()
     mixture = next((tmp_path / "cache").rglob("test/*/mixture.wav"))
