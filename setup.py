@@ -12,4 +12,5 @@ setup(
     packages=[*find_packages(include=["mss", "mss.*"]), "mss.conf"],
     package_dir={"mss.conf": "conf"},
     package_data={"mss.conf": ["**/*.yaml"]},
+    include_package_data=False,  # exactly the globs above (conf/'s sub-folders are config groups, not packages)
 )
