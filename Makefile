@@ -8,7 +8,7 @@ ARGS  ?=
 
 .PHONY: setup train test test-fast clean
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml setup.py scripts/setup.sh
 	bash scripts/setup.sh
 	touch $@
 

@@ -40,7 +40,7 @@ from mss.metrics import aggregate, evaluate_track, nsdr, read_track_json, save_t
 from mss.models import build_model
 from mss.pretrained import load_model, read_checkpoint
 from mss.report import plot_boxes, plot_track_bars, print_table, results_table, write_results
-from mss.run import save_run_info
+from mss.run import CONF_DIR, save_run_info
 from mss.separation.apply import apply_model
 from mss.utils import atomic_write_text
 
@@ -250,7 +250,7 @@ def report(out: Path, names: list[str], sources: list[str], cfg, title: str) -> 
     return table
 
 
-@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     if cfg.get("ckpt") is None and cfg.get("model") is not None and cfg.data.get("from_checkpoint", False):
         raise ValueError("data=checkpoint needs ckpt=PATH; with model=... choose a dataset, e.g. data=musdbhq "

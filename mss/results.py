@@ -271,5 +271,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     return written
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``mss-results`` console script: :func:`main` with its return value (the files written) dropped, which the
+    script wrapper would otherwise pass to ``sys.exit``."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -11,8 +11,18 @@ from mss.utils import atomic_write_text, git_revision
 
 log = logging.getLogger("mss")
 
-# The Hydra configs: top-level conf/ beside the package (what @hydra.main(config_path="../conf") reads).
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+def conf_dir() -> Path:
+    """The Hydra configs, the one place every entry point and :func:`compose` read them from: ``mss/conf/`` inside an
+    installed wheel (setup.py ships the checkout's ``conf/`` there at build time), else ``conf/`` beside the package
+    (a checkout or an editable install). An absolute path, so Hydra resolves it the same way whether the entry point
+    runs as ``python -m mss.train`` or as the ``mss-train`` console script."""
+    package = Path(__file__).resolve().parent
+    packaged = package / "conf"
+    return packaged if packaged.is_dir() else package.parent / "conf"
+
+
+CONF_DIR = conf_dir()
 
 
 def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
@@ -22,8 +32,9 @@ def compose(config_name: str = "train", overrides: list[str] | None = None) -> D
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    if not CONF_DIR.is_dir():
-        raise FileNotFoundError(f"{CONF_DIR}: Hydra configs not found (install mss editable: pip install -e .)")
+    if not (CONF_DIR / f"{config_name}.yaml").is_file():
+        raise FileNotFoundError(f"{CONF_DIR / config_name}.yaml: Hydra config not found (mss is neither a checkout "
+                                "with conf/ nor a package with mss/conf/: reinstall it, pip install mss or -e .)")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides or []))

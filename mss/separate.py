@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from mss.audio.io import AudioError, audio_info, convert_channels, load_audio, resample, save_audio
 from mss.pretrained import load_model
+from mss.run import CONF_DIR
 from mss.separation.apply import apply_model
 
 log = logging.getLogger("mss.separate")
@@ -55,7 +56,7 @@ def separate_file(net: torch.nn.Module, path: Path, out_dir: Path, *, fmt: str =
             for source, wav in zip(net.sources, est)]
 
 
-@hydra.main(config_path="../conf", config_name="separate", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="separate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     files = list_inputs(cfg.input)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 import mss
 from mss.lightning.resume import AtomicCheckpointIO, RNGState
 from mss.models import build_model
-from mss.run import save_run_info
+from mss.run import CONF_DIR, save_run_info
 from mss.utils import git_revision
 
 log = logging.getLogger("mss.train")
@@ -148,7 +148,7 @@ def _ddp_child_command(local_rank: int) -> tuple[list[str], str]:
     return command, get_original_cwd()
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

@@ -30,12 +30,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def git_revision(cwd: str | os.PathLike | None = None) -> str:
-    """The git SHA of the source tree (with ``-dirty`` when modified), or ``unknown`` outside a checkout."""
-    cwd = cwd or Path(__file__).resolve().parent
+    """The git SHA of the source tree (with ``-dirty`` when modified), or ``unknown`` outside a checkout. Without
+    ``cwd``, mss's own tree: ``unknown`` also for an installed mss that merely lies inside another repository (a
+    virtual environment in a user's project)."""
+    package = Path(__file__).resolve().parent
+    cwd = cwd or package
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
+        top, sha = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=cwd, capture_output=True,
+                                  text=True, check=True).stdout.splitlines()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
                                capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, subprocess.CalledProcessError, ValueError):
         return "unknown"
-    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    if cwd == package and Path(top).resolve() != package.parent:
+        return "unknown"
+    return sha.strip() + ("-dirty" if dirty.stdout.strip() else "")

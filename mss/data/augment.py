@@ -395,8 +395,10 @@ def repitch(wav: Tensor, pitch: float, tempo: float, sample_rate: int, backend: 
     out_len = round(length / tempo)
     flat = wav.detach().reshape(-1, length).to("cpu", torch.float32).numpy()
     if backend == "rubberband":
-        import pedalboard
-
+        try:
+            import pedalboard
+        except ImportError as err:
+            raise ImportError('repitch backend rubberband needs pedalboard: pip install "mss[augment]"') from err
         out = pedalboard.time_stretch(flat, float(sample_rate), float(tempo), float(pitch))
     elif backend == "vocoder":
         frac = Fraction(2.0 ** (-pitch / 12.0)).limit_denominator(1000)

@@ -106,8 +106,10 @@ class ValidationMedia(L.Callback):
                     lg.experiment.add_audio(f"media/{name}", wav.mean(0).clamp(-1, 1), step, sample_rate=sr)
                 lg.experiment.add_figure("media/spectrograms", figure, step, close=False)
             else:
-                import wandb
-
+                try:
+                    import wandb
+                except ImportError as err:
+                    raise ImportError('logger=wandb needs wandb: pip install "mss[wandb]"') from err
                 lg.experiment.log({**{f"media/{name}": wandb.Audio(wav.T.clamp(-1, 1).numpy(), sample_rate=sr)
                                       for name, wav in clips.items()},
                                    "media/spectrograms": wandb.Image(figure), "trainer/global_step": step})
