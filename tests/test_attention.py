@@ -348,16 +348,31 @@ def tiny_htdemucs(**sparse):
 SPARSE_LSH = dict(t_sparse_self_attn=True, t_sparse_cross_attn=True, t_auto_sparsity=True, t_attn_backend="chunked")
 
 
+def randomise(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Perturb every parameter (LayerScale, norm gains and every other scale included): at init LayerScale (1e-4)
+    shrinks the transformer's share of the output to about a comparison's tolerance."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return net
+
+
 def test_sparse_htdemucs_has_the_dense_parameters_and_equals_it_at_zero_sparsity():
-    dense, sparse = tiny_htdemucs(), tiny_htdemucs(**SPARSE_LSH, t_sparsity=0.0)
-    assert list(dense.state_dict()) == list(sparse.state_dict())
-    sparse.load_state_dict(dense.state_dict())
-    dense.eval()
-    sparse.eval()
+    dense = randomise(tiny_htdemucs()).eval()
+    sparse = {s: tiny_htdemucs(**SPARSE_LSH, t_sparsity=s) for s in (0.0, 0.1)}
+    assert list(dense.state_dict()) == list(sparse[0.0].state_dict())
     mix = torch.randn(2, 1, 1600, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert_close(sparse(mix), dense(mix), 1e-4)
-    attn = [m for m in sparse.modules() if isinstance(m, SparseAttention)]
+        ref = dense(mix)
+        out = {}
+        for s, net in sparse.items():
+            net.load_state_dict(dense.state_dict())
+            out[s] = net.eval()(mix)
+    assert_close(out[0.0], ref)
+    # the comparison can fail: removing 10 % of the pairs moves the output 100x past the tolerance (at init: 2e-7)
+    assert (out[0.1] - ref).abs().max().item() > 100 * TOL
+    attn = [m for m in sparse[0.0].modules() if isinstance(m, SparseAttention)]
     assert len(attn) == 4 and len({m.seed for m in attn}) == 4  # 2 layers x 2 streams, each its own hashes
 
 
