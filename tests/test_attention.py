@@ -254,21 +254,26 @@ def test_flex_and_chunked_attention_agree(seed):
 @pytest.mark.slow
 def test_compiled_flex_honours_the_block_mask_and_agrees_with_chunked():
     """torch.compile'd FlexAttention (the CUDA path's kernel family; on CPU inductor's C++ template), which skips the
-    empty tiles and applies no mask_mod in full ones, gives the chunked output with the built BlockMask."""
+    empty tiles and applies no mask_mod in full ones, gives the chunked output with the built BlockMask; a new LSH
+    mask (new codes, as at every training forward) reuses the compiled kernel."""
     import shutil
+    import time
 
     if not (shutil.which("g++") or shutil.which("c++")):
         pytest.skip("torch.compile on CPU needs a C++ compiler (g++/c++ not on PATH)")
     from torch.nn.attention.flex_attention import flex_attention
 
     compiled = torch.compile(flex_attention, dynamic=False)
-    q, k, v = (t.detach() for t in qkv(b=2, h=2, nq=300, nk=200, scale=2.0))
-    masks = flex_masks(nq=300, nk=200)
-    for name in ("lsh+window", "window+global"):
-        mask = masks[name]
+    seconds = []
+    for seed, name in [(0, "lsh+window"), (0, "window+global"), (1, "lsh+window")]:
+        q, k, v = (t.detach() for t in qkv(b=2, h=2, nq=300, nk=200, seed=seed, scale=2.0))
+        mask = flex_masks(nq=300, nk=200, seed=seed)[name]
+        start = time.perf_counter()
         out = compiled(q, k, v, block_mask=flex_block_mask(mask, q.device))
+        seconds.append(time.perf_counter() - start)
         chunked, _ = masked_attention(q, k, v, mask, backend="chunked")
         assert (out - chunked).abs().max().item() <= 1e-5, (name, (out - chunked).abs().max().item())
+    assert seconds[2] < seconds[0] / 4, seconds  # no recompilation for new codes
 
 
 def test_static_patterns_for_self_and_cross_attention():
