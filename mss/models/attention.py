@@ -34,8 +34,10 @@ when both are configured.
   ``q, k, v, out`` and the log-sum-exp and recomputes blocks in backward (flash-attention style), so memory is
   ``O(N * (D + R * n_buckets) + bq * Nk)`` per head instead of ``O(N**2)``. CPU and GPU.
 - ``flex``: :func:`torch.nn.attention.flex_attention.flex_attention` with a ``BlockMask`` whose ``mask_mod``
-  computes the score from bit-packed bucket codes (popcount of XOR). Compiled on CUDA; on CPU torch runs it eagerly
-  (forward only: FlexAttention has no CPU backward).
+  computes the score from bit-packed bucket codes (popcount of XOR). The ``BlockMask`` is built by
+  :func:`flex_block_mask` without any ``Nq x Nk`` tensor (uncompiled ``create_block_mask`` would evaluate the
+  ``mask_mod`` densely: gigabytes at 8k tokens). Compiled on CUDA; on CPU torch runs it eagerly (forward only:
+  FlexAttention has no CPU backward).
 - ``sdpa``: builds the dense boolean mask and calls ``scaled_dot_product_attention`` (reference path, short
   sequences).
 - ``xformers``: ``xformers.ops.memory_efficient_attention`` with an additive bias built from the mask; only when
