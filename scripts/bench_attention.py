@@ -4,6 +4,7 @@ forward+backward, printed as one table with ratios to dense SDPA.
     python scripts/bench_attention.py                      # 1k..16k tokens + the htdemucs_sparse model rows
     python scripts/bench_attention.py --quick              # 1k..4k tokens, model rows on a 3.4 s segment
     python scripts/bench_attention.py --lengths 8192 --no-model --device cuda --dtype bf16
+    python scripts/bench_attention.py --no-attention --segment 3.4 --runs 3   # model rows, medians of 3 runs
 
 Attention: batch 1, 8 heads, model dim 512 (head dim 64), self-attention of N tokens. Methods:
 ``dense`` = ``F.scaled_dot_product_attention`` without mask (on CPU torch's flash kernel, O(N) memory);
@@ -12,10 +13,18 @@ only up to ``--materialised-max`` tokens); ``lsh90`` = LSH-sparse attention at 9
 buckets); ``window`` = static local window keeping 10 % of the pairs (half-width 0.05 N). Sparse methods use the
 ``chunked`` kernel on CPU and ``flex`` on CUDA (``--backend`` overrides).
 
+Model rows: ``sparse`` = ``model=htdemucs_sparse``; ``dense`` = the same model with ``t_sparse_*=false`` (its
+attention-probability dropout ``t_dropout`` = 0.02 is active in training, and SDPA with dropout leaves the fused
+flash kernel on CPU, so its forward+backward materialises the N x N probabilities); ``dense-nodrop`` = dense with
+attention-probability dropout 0 (the other dropouts as configured), which is what the sparse layers do (they apply
+no attention-probability dropout): the fair memory comparison.
+
 Memory method: every measurement runs in a fresh child process. On CPU the peak is the growth of the resident set
 (VmHWM after resetting it through /proc/self/clear_refs, minus VmRSS before the call), i.e. every byte the call
 allocated and touched, inputs excluded; on CUDA ``torch.cuda.max_memory_allocated`` growth. Times are wall-clock
 seconds of one call after a small warm-up (best of ``--repeats``), threads fixed with ``torch.set_num_threads``.
+``--runs R`` repeats every measurement in R fresh processes and prints the medians; the machine's load average is
+printed before and after (other jobs on a shared machine inflate the times).
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import statistics
 import subprocess
 import sys
 import time
@@ -116,13 +127,19 @@ def child_model(args) -> dict:
 
     device = torch.device(args.device)
     overrides = ["model=htdemucs_sparse", "paths.output_dir=unused", f"model.t_attn_backend={args.backend}"]
-    if args.child == "model_dense":
+    if args.child.startswith("model_dense"):
         overrides += ["model.t_sparse_self_attn=false", "model.t_sparse_cross_attn=false"]
     if args.segment:
         overrides += [f"model.segment={args.segment}"]
     cfg = compose("train", overrides)
     torch.manual_seed(0)
     net = build_model(cfg.model).to(device)
+    if args.child == "model_dense-nodrop":
+        from mss.models.transformer import MultiheadAttention
+
+        for module in net.modules():
+            if isinstance(module, MultiheadAttention):
+                module.dropout = 0.0  # attention-probability dropout only, as in the sparse layers
     length = net.segment_length
     mix = torch.randn(1, net.audio_channels, length, device=device)
     result = {"params": sum(p.numel() for p in net.parameters()), "seconds": length / net.sample_rate}
@@ -144,6 +161,18 @@ def child_model(args) -> dict:
 
 
 def run_child(args, method: str, length: int) -> dict | None:
+    """Median over ``args.runs`` fresh child processes of every measured number."""
+    runs = [r for r in (_run_child_once(args, method, length) for _ in range(args.runs)) if r is not None]
+    if not runs:
+        return None
+    out = dict(runs[0])
+    for key in ("fwd_s", "fwd_mem", "fb_s", "fb_mem", "sparsity"):
+        if all(key in r for r in runs):
+            out[key] = statistics.median(r[key] for r in runs)
+    return out
+
+
+def _run_child_once(args, method: str, length: int) -> dict | None:
     cmd = [sys.executable, __file__, "--child", method, "--length", str(length), "--threads", str(args.threads),
            "--device", args.device, "--dtype", args.dtype, "--backend", args.backend, "--repeats", str(args.repeats)]
     if args.segment:
@@ -168,7 +197,8 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=["dense", "materialised", "lsh90", "window"])
     parser.add_argument("--materialised-max", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="calls per process; time = best of them")
+    parser.add_argument("--runs", type=int, default=1, help="fresh processes per measurement; medians printed")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--backend", default="auto", help="sparse kernel: auto (chunked on CPU, flex on CUDA) or any")
@@ -192,6 +222,7 @@ def main(argv=None):
     if args.quick:
         args.lengths = [n for n in args.lengths if n <= 4096]
         args.segment = args.segment or 3.4
+    print(f"# load average before: {_load()}; medians of {args.runs} run(s)")
     print(f"# attention: batch 1, {HEADS} heads, dim {DIM}, {args.dtype}, device {args.device}, "
           f"{args.threads} threads, sparse backend {args.backend}; time s, peak memory MiB; ratio = x / dense")
     header = (f"{'N':>6} {'method':>12} {'fwd s':>8} {'fwd MiB':>8} {'f+b s':>8} {'f+b MiB':>8} "
@@ -216,25 +247,40 @@ def main(argv=None):
             print(f"{n:>6} {method:>12} {r['fwd_s']:8.3f} {_fmt_mem(r['fwd_mem'])} {r.get('fb_s', math.nan):8.3f} "
                   f"{_fmt_mem(r.get('fb_mem'))} {sparsity} {ratio('fwd_s')} {ratio('fb_s')} {ratio('fb_mem')}",
                   flush=True)
-    if args.no_model:
-        return
+    if not args.no_model:
+        model_rows(args)
+    print(f"# load average after: {_load()}")
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:  # platforms without a load average
+        return "unavailable"
+
+
+def model_rows(args) -> None:
     print(f"# model rows: batch 1, stereo, segment {args.segment or 12.2} s; sparse = the config, dense = the same "
-          "model with t_sparse_*=false")
-    rows = {m: run_child(args, m, 0) for m in ("model_dense", "model_sparse")}
-    dense = rows["model_dense"]
+          "model with t_sparse_*=false (attention dropout as configured), dense-nodrop = dense, attention dropout 0")
+    names = ("model_dense", "model_sparse") if args.forward_only else ("model_dense", "model_dense-nodrop",
+                                                                        "model_sparse")
+    rows = {m: run_child(args, m, 0) for m in names}  # eval forward applies no dropout: dense-nodrop = dense
     for name, r in rows.items():
         if r is None:
             continue
-        line = (f"htdemucs_sparse {name[6:]:>6} ({r['params']:,} params, {r['seconds']:.1f} s): "
+        line = (f"htdemucs_sparse {name[6:]:>12} ({r['params']:,} params, {r['seconds']:.1f} s): "
                 f"fwd {r['fwd_s']:.2f} s {_fmt_mem(r['fwd_mem']).strip()} MiB")
         if "fb_s" in r:
             line += f", fwd+bwd {r['fb_s']:.2f} s {_fmt_mem(r['fb_mem']).strip()} MiB"
-        if dense is not None:
-            line += f" | ratio to dense: fwd time {r['fwd_s'] / dense['fwd_s']:.2f}"
+        for ref_name in ("model_dense", "model_dense-nodrop"):
+            ref = rows.get(ref_name)
+            if ref is None or ref_name == name:
+                continue
+            line += f" | ratio to {ref_name[6:]}: fwd time {r['fwd_s'] / ref['fwd_s']:.2f}"
             if "fb_s" in r:
-                line += f", f+b time {r['fb_s'] / dense['fb_s']:.2f}"
-            if r.get("fb_mem") and dense.get("fb_mem"):
-                line += f", f+b mem {r['fb_mem'] / dense['fb_mem']:.2f}"
+                line += f", f+b time {r['fb_s'] / ref['fb_s']:.2f}"
+            if r.get("fb_mem") and ref.get("fb_mem"):
+                line += f", f+b mem {r['fb_mem'] / ref['fb_mem']:.2f}"
         print(line)
 
 

@@ -27,7 +27,8 @@ def n_params(net: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize("name, expected, segment_length", [("htdemucs", 26_899_536, None),
                                                             ("htdemucs_released", 41_984_456, 343_980),
-                                                            ("hdemucs", 83_637_832, 40 * 44100)])
+                                                            ("hdemucs", 83_637_832, 40 * 44100),
+                                                            ("htdemucs_sparse", 54_604_232, round(12.2 * 44100))])
 def test_parameter_counts_of_the_configs(name, expected, segment_length):
     cfg = compose("train", [f"model={name}", "paths.output_dir=unused"])
     net = build_model(cfg.model)

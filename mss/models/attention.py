@@ -34,8 +34,10 @@ when both are configured.
   ``q, k, v, out`` and the log-sum-exp and recomputes blocks in backward (flash-attention style), so memory is
   ``O(N * (D + R * n_buckets) + bq * Nk)`` per head instead of ``O(N**2)``. CPU and GPU.
 - ``flex``: :func:`torch.nn.attention.flex_attention.flex_attention` with a ``BlockMask`` whose ``mask_mod``
-  computes the score from bit-packed bucket codes (popcount of XOR). Compiled on CUDA; on CPU torch runs it eagerly
-  (forward only: FlexAttention has no CPU backward).
+  computes the score from bit-packed bucket codes (popcount of XOR). The ``BlockMask`` is built by
+  :func:`flex_block_mask` without any ``Nq x Nk`` tensor (uncompiled ``create_block_mask`` would evaluate the
+  ``mask_mod`` densely: gigabytes at 8k tokens). Compiled on CUDA; on CPU torch runs it eagerly (forward only:
+  FlexAttention has no CPU backward).
 - ``sdpa``: builds the dense boolean mask and calls ``scaled_dot_product_attention`` (reference path, short
   sequences).
 - ``xformers``: ``xformers.ops.memory_efficient_attention`` with an additive bias built from the mask; only when
@@ -234,7 +236,7 @@ class _PackedScores:
 
         self.cq, self.ck = pack(bq), pack(bk)  # lists of (B, H, N)
         self.gq, self.gk = pack_signs(tie_q), pack_signs(tie_k)  # (N,)
-        self.uq, self.rk = tie_q[:, _TIE_DIMS].long(), tie_k[:, _TIE_DIMS].long()
+        self.uq, self.rk = (t[:, _TIE_DIMS].long().contiguous() for t in (tie_q, tie_k))  # compiled kernels: dense
 
     def score(self, b: Tensor, h: Tensor, i: Tensor, j: Tensor) -> Tensor:
         """``S`` for broadcastable batch, head, query and key index tensors (int64)."""
@@ -461,17 +463,90 @@ def _sdpa(q, k, v, mask: KeepMask) -> tuple[Tensor, Tensor]:
 
 
 _COMPILED_FLEX: dict[str, Callable] = {}
+FLEX_TILE = 128  # FlexAttention's default BlockMask tile (queries x keys)
 
 
-def _flex(q, k, v, mask: KeepMask) -> Tensor:
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def tile_flags(mask: KeepMask, tile: int = FLEX_TILE, block_elements: int = 1 << 21) -> tuple[Tensor, Tensor]:
+    """Which ``tile x tile`` tiles of ``mask`` keep any pair and which keep all: two ``(B|1, H|1, Tq, Tk)`` bool
+    tensors (``Tq = ceil(Nq / tile)``, ``Tk = ceil(Nk / tile)``; positions past the end count as not kept, as in
+    ``create_block_mask``).
+
+    Exact, without an ``Nq x Nk`` tensor: the mask is evaluated in strips of query rows (:meth:`KeepMask.block`, at
+    most ``block_elements`` pairs over the batch and heads, at least 16 rows) and each strip is reduced to its tiles.
+    Peak memory is one strip plus the flags.
+    """
+    if tile < 16 or tile & (tile - 1):
+        raise ValueError(f"flex tile must be a power of two >= 16, got {tile}")
+    (batch, heads), nq, nk = mask.shape, mask.nq, mask.nk
+    tq, tk = -(-nq // tile), -(-nk // tile)
+    fit = max(1, block_elements // max(1, batch * heads * nk))
+    rows = tile * (fit // tile) if fit >= tile else max(16, 1 << (fit.bit_length() - 1))  # divides the tile
+    group = min(rows, tile)  # rows reduced together: a whole tile, or a part of one
+    hit = full = None
+    for q0 in range(0, nq, rows):
+        q1 = min(nq, q0 + rows)
+        padded = -(-(q1 - q0) // group) * group
+        keep = F.pad(mask.block(q0, q1), (0, tk * tile - nk, 0, padded - (q1 - q0)))
+        if hit is None:
+            hit = torch.zeros(batch, heads, tq, tk, dtype=torch.bool, device=keep.device)
+            full = torch.ones_like(hit)
+        keep = keep.view(batch, heads, padded // group, group, tk, tile)
+        any_, all_ = keep.any(5).any(3), keep.all(5).all(3)  # (B, H, padded / group, Tk)
+        t0 = q0 // tile
+        if group < tile:  # one part of tile t0
+            hit[:, :, t0] |= any_[:, :, 0]
+            full[:, :, t0] &= all_[:, :, 0]
+        else:
+            hit[:, :, t0:t0 + any_.shape[2]], full[:, :, t0:t0 + any_.shape[2]] = any_, all_
+    if isinstance(mask, LSHKeepMask):
+        mask.release()
+    if nq % tile:  # the last query tile has rows past the end
+        full[:, :, -1] = False
+    return hit, full
+
+
+def _ordered(tiles: Tensor) -> tuple[Tensor, Tensor]:
+    """``(B, H, Tq, Tk)`` bool tiles -> per query tile the count and the indices (set ones first) of its key tiles."""
+    tiles = tiles.to(torch.int32)
+    return tiles.sum(-1, dtype=torch.int32), torch.argsort(tiles, dim=-1, descending=True, stable=True).to(torch.int32)
+
+
+def flex_block_mask(mask: KeepMask, device: torch.device, block_elements: int = 1 << 21, tile: int = FLEX_TILE):
+    """The FlexAttention ``BlockMask`` of ``mask`` (``mask_mod`` = :meth:`KeepMask.mask_mod`), built without an
+    ``Nq x Nk`` tensor.
+
+    Uncompiled ``create_block_mask`` evaluates the ``mask_mod`` on every pair at once: a dense ``(B, H, Nq, Nk)`` mask
+    plus int64 intermediates of that size (gigabytes at 8k tokens). Here:
+
+    - LSH masks: every tile is partial (the kernel applies the ``mask_mod`` everywhere). The kept pairs are
+      scattered, so at useful sparsities every tile keeps some pair anyway (tested), and finding the rare empty tile
+      would cost an exact pass over all pairs, about as much arithmetic as the attention itself. Memory
+      ``O(B * H * Tq * Tk)``.
+    - Other masks (static patterns, explicit masks): the exact partial and full tiles of :func:`tile_flags`, so
+      window and global patterns skip the tiles they do not touch and full tiles skip the ``mask_mod``.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    (batch, heads), nq, nk = mask.shape, mask.nq, mask.nk
+    if isinstance(mask, LSHKeepMask):
+        hit = torch.ones(batch, heads, -(-nq // tile), -(-nk // tile), dtype=torch.bool, device=device)
+        full = torch.zeros_like(hit)
+    else:
+        hit, full = tile_flags(mask, tile, block_elements)
+        hit, full = hit.to(device), full.to(device)
+    kv_num_blocks, kv_indices = _ordered(hit & ~full)
+    full_num_blocks, full_indices = _ordered(full)
+    return BlockMask.from_kv_blocks(kv_num_blocks, kv_indices, full_num_blocks, full_indices, BLOCK_SIZE=tile,
+                                    mask_mod=mask.mask_mod(), seq_lengths=(nq, nk))
+
+
+def _flex(q, k, v, mask: KeepMask, block_elements: int = 1 << 21) -> Tensor:
+    from torch.nn.attention.flex_attention import flex_attention
 
     if q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         raise RuntimeError("t_attn_backend=flex: FlexAttention has no backward on CPU in this torch version; "
                            "use t_attn_backend=chunked for CPU training")
-    batch, heads = mask.shape
-    block_mask = create_block_mask(mask.mask_mod(), batch if batch > 1 else None, heads if heads > 1 else None,
-                                   mask.nq, mask.nk, device=q.device)
+    block_mask = flex_block_mask(mask, q.device, block_elements)
     if q.device.type == "cuda":
         fn = _COMPILED_FLEX.setdefault("cuda", torch.compile(flex_attention, dynamic=False))
         return fn(q, k, v, block_mask=block_mask)
@@ -521,7 +596,7 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: KeepMask | Tensor, b
         out, kept = _sdpa(q, k, v, mask)
         return out, 1 - kept
     if backend == "flex":
-        return _flex(q, k, v, mask), None
+        return _flex(q, k, v, mask, block_elements), None
     return _xformers(q, k, v, mask), None
 
 
