@@ -114,7 +114,10 @@ def _resolve(ckpt, model_cfg, data_cfg):
         stored = read_checkpoint(ckpt)["mss"]
         data_cfg = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
         if data_cfg.pop("from_checkpoint", False):  # data=checkpoint: the stored data config, updated by keys here
-            data_cfg = OmegaConf.merge(stored["data"], {k: v for k, v in data_cfg.items() if v is not None})
+            trained_on = dict(stored["data"])
+            if trained_on.get("synth"):  # evaluation reads the dataset that is there; generation flags were training's
+                trained_on["synth"] = {**trained_on["synth"], "generate": False, "overwrite": False}
+            data_cfg = OmegaConf.merge(trained_on, {k: v for k, v in data_cfg.items() if v is not None})
         with open_dict(data_cfg):  # the audio constants are the model's, whatever the data config says
             for key in ("sources", "sample_rate", "channels"):
                 data_cfg[key] = stored["data"][key]

@@ -179,7 +179,7 @@ def test_empty_dataset_dir(tmp_path):
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(DatasetError, match=r"no track folders; expected .*<track>/\{mixture,drums"):
         make_dm(tmp_path / "empty", tmp_path).setup("fit")
-    with pytest.raises(DatasetError, match="folder not found"):
+    with pytest.raises(DatasetError, match=r"nowhere does not exist.*python -m mss.data.synth root=.*nowhere"):
         make_dm(tmp_path / "nowhere", tmp_path).setup("fit")
 
 
@@ -189,9 +189,16 @@ def test_unknown_validation_track(synth_root, tmp_path):
 
 
 def test_official_musdb_validation_list_is_used(synth_root, tmp_path):
-    # the synthetic tracks are not MUSDB's, so the official list must be reported as missing, by name
+    # the synthetic tracks are not MUSDB's: without a list of its own the official names are reported missing
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "train").symlink_to(synth_root / "train")
     with pytest.raises(DatasetError, match="Actions - One Minute Smile"):
-        make_dm(synth_root, tmp_path, valid_tracks="musdb").setup("fit")
+        make_dm(bare, tmp_path, valid_tracks="musdb").setup("fit")
+    # a dataset carrying its own valid_tracks.txt (and none of the official tracks) is split by that list
+    dm = make_dm(synth_root, tmp_path, valid_tracks="musdb")
+    dm.setup("fit")
+    assert [t.name for t in dm.tracks["valid"]] == (synth_root / "valid_tracks.txt").read_text().split()
 
 
 # ---------------------------------------------------------------------------------------------------------------

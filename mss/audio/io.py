@@ -5,6 +5,7 @@ Waveforms are float32 tensors shaped ``(C, T)`` (channels, samples).
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -21,12 +22,16 @@ class AudioError(ValueError):
     """An audio file is missing, unreadable or not in the expected format."""
 
 
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the only stored formats that can hold NaN/Inf (integer PCM cannot)
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     path: Path
     sample_rate: int
     channels: int
     frames: int
+    subtype: str = ""  # soundfile's subtype: PCM_16, PCM_24, FLOAT, ...
 
 
 def _open(path: Path) -> sf.SoundFile:
@@ -46,7 +51,23 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     """Header information of an audio file, with a clear error when it is missing or unreadable."""
     path = Path(path)
     with _open(path) as f:
-        return AudioInfo(path, int(f.samplerate), int(f.channels), int(f.frames))
+        return AudioInfo(path, int(f.samplerate), int(f.channels), int(f.frames), str(f.subtype))
+
+
+def check_finite(data: np.ndarray, path: str | os.PathLike, start: int = 0, sample_rate: int | None = None) -> None:
+    """Raise :class:`AudioError` naming ``path`` and its first NaN/Inf sample (frame, time, channel) when samples
+    ``data`` ``(T, C)`` read from frame ``start`` of it are not all finite. One float64 reduction when they are
+    (it cannot overflow for float32 input)."""
+    if math.isfinite(float(data.sum(dtype=np.float64))):
+        return
+    bad = np.argwhere(~np.isfinite(data))
+    if not len(bad):
+        return
+    frame, channel = int(bad[0][0]), int(bad[0][1])
+    at = f" ({(start + frame) / sample_rate:.3f} s)" if sample_rate else ""
+    raise AudioError(f"{path}: non-finite sample {data[frame, channel]} at frame {start + frame}{at}, channel "
+                     f"{channel} ({len(bad)} non-finite value(s) in frames {start}-{start + len(data) - 1}); "
+                     "replace or repair the file (NaN/Inf audio would make every loss and metric NaN)")
 
 
 def convert_channels(wav: torch.Tensor, channels: int) -> torch.Tensor:
@@ -86,7 +107,8 @@ def load_audio(
 
     ``start``/``frames`` select an excerpt in the file's own sample rate. When ``sample_rate``/``channels`` differ
     from the file, the audio is resampled / channel-converted with a warning if ``convert`` is true, otherwise an
-    :class:`AudioError` names the file and what was expected.
+    :class:`AudioError` names the file and what was expected. Samples of float files must be finite: a NaN/Inf is
+    an :class:`AudioError` naming the file and the first bad sample (:func:`check_finite`).
     """
     path = Path(path)
     with _open(path) as f:  # one open per read: this is the training data path
@@ -99,6 +121,8 @@ def load_audio(
             data = f.read(frames, dtype="float32", always_2d=True)
         except Exception as err:
             raise AudioError(f"{path}: cannot decode audio ({err})") from err
+        if f.subtype in FLOAT_SUBTYPES:
+            check_finite(data, path, start, have_rate)
     wav = torch.from_numpy(np.ascontiguousarray(data.T))
     if channels is not None and have_channels != channels:
         warnings.warn(f"{path}: converting {have_channels} channel(s) to {channels}", stacklevel=2)

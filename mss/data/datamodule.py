@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import weakref
@@ -34,6 +35,9 @@ from mss.platform.allocator import tune_allocator
 from mss.platform.shm import has_shared_memory, shared_storage
 
 FORMATS = ("wav", "flac", "stems")
+SYNTH_FLAGS = ("generate", "overwrite")  # keys of data.synth that are not generation parameters
+
+log = logging.getLogger("mss.data")
 
 
 class EpochSampler(Sampler):
@@ -65,11 +69,23 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         epoch, skip, self._skip = self.epoch, self._skip, 0
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(self.n, generator=generator).tolist() if self.shuffle else list(range(self.n))
+        order = self._order(epoch)
         for position in range(self.rank + skip * self.world_size, len(self) * self.world_size, self.world_size):
-            item_seed = int(np.random.SeedSequence((self.seed, epoch, position)).generate_state(1)[0])
-            yield order[position], item_seed
+            yield self._item(order, epoch, position)
+
+    def _order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.n, generator=generator).tolist() if self.shuffle else list(range(self.n))
+
+    def _item(self, order: list[int], epoch: int, position: int) -> tuple[int, int]:
+        """``(index, item_seed)`` at global ``position`` of the epoch."""
+        return order[position], int(np.random.SeedSequence((self.seed, epoch, position)).generate_state(1)[0])
+
+    def batch(self, epoch: int, batch: int, batch_size: int) -> list[tuple[int, int]]:
+        """The ``(index, item_seed)`` pairs of this rank's batch ``batch`` (counted from the start of ``epoch``,
+        resumed or not) of ``batch_size`` examples: what :meth:`__iter__` yielded for it."""
+        order, first = self._order(epoch), batch * batch_size
+        return [self._item(order, epoch, self.rank + (first + j) * self.world_size) for j in range(batch_size)]
 
 
 class SeededDataset(Dataset):
@@ -105,6 +121,13 @@ class SeededDataset(Dataset):
             with _seeded(seed):
                 self.dataset.read(index, out=row)  # type: ignore[attr-defined]
         return batch
+
+    def describe(self, item: tuple[int, int]) -> str:
+        """Where example ``(index, seed)`` comes from (the wrapped dataset's ``describe``, in the same seeded
+        state as the read)."""
+        index, seed = item
+        with _seeded(seed):
+            return self.dataset.describe(index)  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
@@ -201,8 +224,9 @@ class MSSDataModule(L.LightningDataModule):
     """Folder datasets in MUSDB18-HQ layout (``root/{train,test}/<track>/<source>.wav``).
 
     Args:
-        root: dataset folder. ``None`` is only allowed with ``synth`` (then a folder under ``cache_dir`` keyed by
-            the generation parameters is used).
+        root: dataset folder, used as it is; a missing or empty folder is an error (unless ``synth`` says to
+            generate there). ``None`` is only allowed with ``synth``: the synthetic dataset is then generated on
+            first use into a folder under ``cache_dir`` keyed by the generation parameters.
         sources: the stems the model separates, in order (``data.sources``; models read it by interpolation).
         format: ``wav``/``flac`` (MUSDB18-HQ layout) or ``stems`` (MUSDB18 ``.stem.mp4``, decoded once).
         segment: training excerpt length in seconds.
@@ -211,7 +235,10 @@ class MSSDataModule(L.LightningDataModule):
             Validation tracks are taken out of the training subset.
         aggregates: sources built by summing others when they have no file (``accompaniment``).
         convert: resample / convert channels of mismatching files on load (with a warning) instead of raising.
-        synth: parameters for :func:`mss.data.synth.generate`; the dataset is generated when missing.
+        synth: parameters for :func:`mss.data.synth.generate` (``data=synth``), plus two flags: ``generate`` (write
+            the dataset into ``root``, which may then be missing or empty) and ``overwrite`` (also replace a
+            synthetic dataset there written with other parameters; implies ``generate``). Without ``root`` the
+            dataset is generated into the cache whatever the flags.
         seed: seed of the training order and excerpts (default: the seed of ``lightning.seed_everything``, i.e.
             the run's ``seed``, else 0).
         repitch: optional :class:`mss.data.augment.Repitch` (pitch/tempo change in the loader workers).
@@ -246,22 +273,31 @@ class MSSDataModule(L.LightningDataModule):
         self.batch_pool = bool(batch_pool)
         self.synth = dict(synth) if synth is not None else None
         self.root = Path(root).expanduser() if root is not None else self._synth_root()
+        self._generate = self.synth is not None and (root is None or any(self.synth.get(k) for k in SYNTH_FLAGS))
         self.tracks: dict[str, list[Track]] = {}
         self._decoded: Path | None = None
         self.seed = seed
         self._sampler: EpochSampler | None = None
+        self._train_set: SeededDataset | None = None
         self._resume: dict | None = None
 
+    @property
+    def _synth_params(self) -> dict:
+        return {k: v for k, v in (self.synth or {}).items() if k not in SYNTH_FLAGS}
+
     def _synth_root(self) -> Path:
-        spec = json.dumps({"sources": self.sources, "sample_rate": self.sample_rate, **self.synth}, sort_keys=True)
+        spec = json.dumps({"sources": self.sources, "sample_rate": self.sample_rate, **self._synth_params},
+                          sort_keys=True)
         return self.cache_dir / "synth" / hashlib.sha1(spec.encode()).hexdigest()[:12]
 
     # -- I/O happens here, never in __init__ ---------------------------------------------------------------------
     def prepare_data(self) -> None:
-        if self.synth is not None:
+        if self._generate:  # into the cache (no data.root), or into data.root as data.synth.generate/overwrite ask
             from mss.data.synth import generate
 
-            generate(self.root, sources=self.sources, sample_rate=self.sample_rate, **self.synth)
+            generate(self.root, sources=self.sources, sample_rate=self.sample_rate,
+                     overwrite=bool(self.synth.get("overwrite")), **self._synth_params)
+        self._require_root()
         if self.format == "stems":
             self._decoded = decode_stems(self.root, [self.train_subset, self.test_subset], self.cache_dir)
 
@@ -274,6 +310,39 @@ class MSSDataModule(L.LightningDataModule):
             self._decoded = decode_stems(self.root, [self.train_subset, self.test_subset], self.cache_dir)
         return self._decoded
 
+    def _require_root(self) -> None:
+        """``data.root`` must hold something: a missing or empty folder is an error naming it and the ways out (no
+        run ever writes into a user's folder unless asked to)."""
+        root = self.root
+        if root.is_dir() and any(root.iterdir()):
+            return
+        state = "does not exist" if not root.exists() else "is empty" if root.is_dir() else "is not a folder"
+        raise DatasetError(
+            f"data.root={root} {state}: nothing to train or evaluate on. Point data.root at a dataset (MUSDB18-HQ: "
+            f"data=musdbhq data.root=DIR; MUSDB18 .stem.mp4: data=musdb data.root=DIR; your own stems: data=folder "
+            f"data.root=DIR data.sources=[...]), write the synthetic dataset there first (python -m mss.data.synth "
+            f"root={root}), or let this run generate it there (data=synth data.root={root} data.synth.generate=true)")
+
+    def _log_found(self, splits: dict[str, list[Track]]) -> None:
+        """One log line: what ``data.root`` holds for ``splits`` (tracks per split, sources, sample rate), and
+        whether a synthetic dataset there differs from ``data.synth`` (it is used as it is)."""
+        if self._rank_world[0] != 0:
+            return
+        tracks = [t for ts in splits.values() for t in ts]
+        rates = "/".join(str(r) for r in sorted({t.sample_rate for t in tracks}))
+        counts = " + ".join(f"{len(ts)} {split}" for split, ts in splits.items())
+        note = ""
+        if self.synth is not None and not self._generate:
+            from mss.data.synth import read_manifest
+
+            have = (read_manifest(self.root) or {}).get("params", {})
+            diff = {k: have[k] for k, v in self._synth_params.items() if k in have and have[k] != v}
+            if diff:
+                note = (f"; a synthetic dataset written with {', '.join(f'{k}={v}' for k, v in diff.items())}, used "
+                        "as it is (data.synth applies only with data.synth.generate=true)")
+        log.info("data.root=%s: %s track%s; sources %s; %s Hz, %d channel(s)%s", self.root, counts,
+                 "" if len(tracks) == 1 else "s", ",".join(self.sources), rates, self.channels, note)
+
     def _find(self, subset: str) -> list[Track]:
         return find_tracks(self.wav_root / subset, self.sources, sample_rate=self.sample_rate,
                            channels=self.channels, aggregates=self.aggregates,
@@ -281,8 +350,7 @@ class MSSDataModule(L.LightningDataModule):
                            cache_dir=self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
-        if not self.root.is_dir():
-            raise DatasetError(f"data.root={self.root}: folder not found")
+        self._require_root()
         if stage in ("fit", "validate", None) and "train" not in self.tracks:
             train = self._find(self.train_subset)
             valid_names = set(read_track_list(self.valid_spec, self.wav_root, [t.name for t in train]))
@@ -293,8 +361,10 @@ class MSSDataModule(L.LightningDataModule):
                                    f"the {len(valid_names)} validation tracks")
             if self.segment * self.sample_rate < 1:
                 raise ValueError(f"data.segment={self.segment}: must be positive")
+            self._log_found({"train": self.tracks["train"], "valid": self.tracks["valid"]})
         if stage in ("test", "predict", None) and "test" not in self.tracks:
             self.tracks["test"] = self._find(self.test_subset)
+            self._log_found({"test": self.tracks["test"]})
 
     # -- distributed -----------------------------------------------------------------------------------------------
     @property
@@ -378,9 +448,18 @@ class MSSDataModule(L.LightningDataModule):
             self._sampler.set_epoch(self.trainer.current_epoch)
         # the loader's own generator: iterating never draws from (and so never shifts) the training process's RNG
         pool = self.batch_pool and self.num_workers > 0 and has_shared_memory()
-        return self._loader(SeededDataset(dataset, pool), batch_size=self.batch_size, sampler=self._sampler,
+        self._train_set = SeededDataset(dataset, pool)
+        return self._loader(self._train_set, batch_size=self.batch_size, sampler=self._sampler,
                             drop_last=True, generator=torch.Generator().manual_seed(seed), collate_fn=collate,
                             worker_init_fn=tune_worker_allocator)
+
+    def describe_train_batch(self, epoch: int, batch: int) -> list[str]:
+        """Where each example of this rank's training batch ``batch`` of ``epoch`` came from (track, offset; see
+        :meth:`SegmentDataset.describe`), replayed from the sampler's seeds without reading audio (nothing travels
+        with the batches); empty before :meth:`train_dataloader`."""
+        if self._sampler is None or self._train_set is None:
+            return []
+        return [self._train_set.describe(item) for item in self._sampler.batch(epoch, batch, self.batch_size)]
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.track_dataset("valid", shard=True), batch_size=1)

@@ -50,9 +50,9 @@ class SegmentDataset(Dataset):
         """Stems ``(S, C, T)`` with T = segment."""
         return self.read(index)
 
-    def read(self, index: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Item ``index``, written into ``out`` (``(S, C, T)`` of :attr:`item_dtype`, e.g. a row of a shared-memory
-        batch) when given: every stem is read straight into its row (no per-stem tensors, no stacking copy)."""
+    def _draw(self, index: int) -> tuple[tuple[float, float] | None, int, list[Track], list[int]]:
+        """The random choices of item ``index``: ``(repitch change or None, frames read, track of each source,
+        start sample of each source)``. :meth:`read` and :meth:`describe` both draw them here, in this order."""
         change = self.repitch.draw() if self.repitch is not None else None
         frames = self.segment if change is None else self.repitch.input_length(self.segment)
         if self.remix:
@@ -61,6 +61,12 @@ class SegmentDataset(Dataset):
         else:
             track = self.tracks[index % len(self.tracks)]
             picks, starts = [track] * len(self.sources), [self._start(track, frames)] * len(self.sources)
+        return change, frames, picks, starts
+
+    def read(self, index: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Item ``index``, written into ``out`` (``(S, C, T)`` of :attr:`item_dtype`, e.g. a row of a shared-memory
+        batch) when given: every stem is read straight into its row (no per-stem tensors, no stacking copy)."""
+        change, frames, picks, starts = self._draw(index)
         stems = out if out is not None and change is None else torch.empty(*self.item_shape[:2], frames,
                                                                              dtype=self.item_dtype)
         for row, track, source, start in zip(stems, picks, self.sources, starts):
@@ -69,6 +75,18 @@ class SegmentDataset(Dataset):
             return stems
         stems = self.repitch(stems, change, self.segment, self.sources)
         return stems if out is None else out.copy_(stems)
+
+    def describe(self, index: int) -> str:
+        """Where item ``index`` comes from (track, start sample and time; per source with remix; the repitch
+        change), drawn as :meth:`read` draws it but without reading audio: called in the same random state (the
+        same item seed), it names exactly the excerpt :meth:`read` returned."""
+        change, frames, picks, starts = self._draw(index)
+        where = [f"{t.name} from sample {s} ({s / t.sample_rate:.2f} s)" for t, s in zip(picks, starts)]
+        text = (f"{where[0]}, {frames} samples" if not self.remix else
+                f"{frames} samples of " + ", ".join(f"{src}: {w}" for src, w in zip(self.sources, where)))
+        if change is not None:
+            text += f", repitched {change[0]:+.2f} semitones at tempo x{change[1]:.3f}"
+        return text
 
 
 class TrackDataset(Dataset):

@@ -33,8 +33,11 @@ a few LSB where transcendental functions round differently.
 
 CLI::
 
-    python -m mss.data.synth root=DIR [n_train=6 n_valid=2 n_test=2 duration=12 seed=0 \
+    python -m mss.data.synth root=DIR [n_train=8 n_valid=2 n_test=3 duration=12 seed=0 \
         sources=[vocals,accompaniment] bit_depth=16 dither=true stems_mp4=false overwrite=false]
+
+The defaults (:class:`SynthConfig`) are those of ``data=synth`` (``conf/data/synth.yaml`` mirrors them; a test
+checks that the two agree), so ``python -m mss.train data.root=DIR`` trains on what this command wrote.
 
 Shape legend: n = samples, c = channels (2), m = notes or one-shot samples, s = stems.
 """
@@ -59,13 +62,15 @@ from scipy import fft
 from scipy.signal import butter, lfilter, resample_poly, sosfilt
 
 __all__ = [
-    "FORMAT_VERSION", "KNOWN_SOURCES", "MUSDB_SOURCES", "SynthConfig", "generate", "main", "render_track",
-    "track_names",
+    "FORMAT_VERSION", "KNOWN_SOURCES", "MUSDB_SOURCES", "SynthConfig", "generate", "main", "read_manifest",
+    "render_track", "track_names",
 ]
 
 FORMAT_VERSION = 1
 MUSDB_SOURCES = ("drums", "bass", "other", "vocals")
 KNOWN_SOURCES = ("drums", "bass", "other", "vocals", "piano", "accompaniment")
+# Defaults of generate(), the CLI and data=synth (conf/data/synth.yaml repeats them: tests/test_synth.py checks).
+N_TRAIN, N_VALID, N_TEST, DURATION, SEED = 8, 2, 3, 12.0, 0
 MIN_DURATION = 4.0  # a >= 1.5 s silent section plus > 50 % activity needs a few seconds
 MANIFEST = "synth.json"
 VALID_LIST = "valid_tracks.txt"
@@ -672,7 +677,8 @@ def track_names(n_train: int, n_valid: int, n_test: int) -> dict[str, list[str]]
             for split, count in (("train", n_train), ("valid", n_valid), ("test", n_test))}
 
 
-def _read_manifest(root: Path) -> dict | None:
+def read_manifest(root: Path) -> dict | None:
+    """The parsed ``synth.json`` of ``root`` (``{}`` when unreadable), or ``None`` when there is none."""
     path = root / MANIFEST
     if not path.is_file():
         return None
@@ -704,9 +710,9 @@ def _write_stem_mp4(path: Path, audio: dict[str, Array], sr: int, bit_depth: int
     stempeg.write_stems(str(path), data, sample_rate=sr, writer=writer)
 
 
-def generate(root: str | os.PathLike, *, sources: Sequence[str] = MUSDB_SOURCES, n_train: int = 6,
-             n_valid: int = 2, n_test: int = 2, duration: float = 12.0, sample_rate: int = 44100,
-             seed: int = 0, bit_depth: int = 16, dither: bool = True, stems_mp4: bool = False,
+def generate(root: str | os.PathLike, *, sources: Sequence[str] = MUSDB_SOURCES, n_train: int = N_TRAIN,
+             n_valid: int = N_VALID, n_test: int = N_TEST, duration: float = DURATION, sample_rate: int = 44100,
+             seed: int = SEED, bit_depth: int = 16, dither: bool = True, stems_mp4: bool = False,
              overwrite: bool = False) -> Path:
     """Write a synthetic dataset in the MUSDB18-HQ layout under ``root`` (see the module docstring).
 
@@ -761,14 +767,19 @@ def generate(root: str | os.PathLike, *, sources: Sequence[str] = MUSDB_SOURCES,
     if root.exists():
         if not root.is_dir():
             raise FileExistsError(f"{root} exists and is not a folder")
-        manifest = _read_manifest(root)
+        manifest = read_manifest(root)
         if manifest is not None:
             diff = _diff(manifest, params)
             if not diff:
                 return root
             if not overwrite:
-                raise FileExistsError(f"{root} holds a synthetic dataset generated with other parameters "
-                                      f"(differing: {', '.join(diff)}); pass overwrite=True to replace it")
+                have = dict(manifest.get("params", {}), version=manifest.get("version"))
+                want = dict(params, version=FORMAT_VERSION)
+                raise FileExistsError(
+                    f"{root} holds a synthetic dataset generated with other parameters (differing: {', '.join(diff)}"
+                    f"; it has {', '.join(f'{k}={have.get(k)!r}' for k in diff)}, this asks for "
+                    f"{', '.join(f'{k}={want.get(k)!r}' for k in diff)}); pass overwrite=true to replace it "
+                    "(data.synth.overwrite=true for mss.train / mss.evaluate)")
             replacing = True
         elif any(root.iterdir()):
             raise FileExistsError(f"{root} exists, is not empty and holds no {MANIFEST}; refusing to write "
@@ -821,7 +832,7 @@ def _move_into_place(tmp: Path, root: Path, params: dict, replacing: bool) -> No
         if old is not None and not root.exists():
             os.rename(old, root)  # put the previous dataset back
             raise
-        manifest = _read_manifest(root)
+        manifest = read_manifest(root)
         if manifest is None or _diff(manifest, params):
             raise
     if old is not None:
@@ -837,12 +848,12 @@ class SynthConfig:
 
     root: str = MISSING
     sources: list[str] = field(default_factory=lambda: list(MUSDB_SOURCES))
-    n_train: int = 6
-    n_valid: int = 2
-    n_test: int = 2
-    duration: float = 12.0
+    n_train: int = N_TRAIN
+    n_valid: int = N_VALID
+    n_test: int = N_TEST
+    duration: float = DURATION
     sample_rate: int = 44100
-    seed: int = 0
+    seed: int = SEED
     bit_depth: int = 16
     dither: bool = True
     stems_mp4: bool = False

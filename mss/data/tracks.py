@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -22,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mss.audio.io import AudioError, audio_info, load_audio, save_audio
+from mss.audio.io import FLOAT_SUBTYPES, AudioError, audio_info, load_audio, save_audio
 from mss.platform.fileio import read_at, read_bytes
 from mss.utils import atomic_write_text
 
 METADATA_VERSION = 1
+
+log = logging.getLogger("mss.data")
 
 
 class DatasetError(ValueError):
@@ -205,7 +208,8 @@ def find_tracks(
     must share sample rate, channel count and length. With ``convert=False`` a file whose sample rate or channel
     count differs from ``sample_rate``/``channels`` is an error naming the file; with ``convert=True`` it is
     resampled/converted on load with a warning. Mixture mean/std are computed once and cached in
-    ``cache_dir/metadata/<hash of the listing>.json``.
+    ``cache_dir/metadata/<hash of the listing>.json``; that pass also reads every float file in full, so a NaN/Inf
+    sample anywhere is an error naming the file and sample before any training (integer PCM cannot hold one).
     """
     folder = Path(folder).expanduser()
     aggregates = dict(aggregates or {})
@@ -257,13 +261,21 @@ def _scan_track(folder: Path, sources, aggregates, extension, sample_rate, chann
         raise AudioError(f"{folder}: files of one track differ in sample rate")
     track = Track(folder.name, resolved, str(mixture) if mixture.is_file() else None, infos[0].frames,
                   infos[0].sample_rate, 0.0, 1.0)
+    for info in infos:  # float files are read whole once here (and cached as checked): NaN/Inf fail before training
+        if info.subtype in FLOAT_SUBTYPES and info.path != mixture:  # the mixture is read just below
+            load_audio(info.path)
     mono = track.read_mixture(channels=channels, sample_rate=sample_rate, convert=convert).mean(0)
     return Track(**{**asdict(track), "mean": float(mono.mean()), "std": float(mono.std())})
 
 
+VALID_LIST = "valid_tracks.txt"  # a dataset's own validation list (what mss.data.synth writes)
+
+
 def read_track_list(spec, root: Path, train_names: list[str]) -> list[str]:
-    """Resolve ``data.valid_tracks``: ``"musdb"`` (the official 14 MUSDB18 validation tracks), a file name
-    relative to the dataset root (one name per line), a list of names, or ``None``/empty for no validation."""
+    """Resolve ``data.valid_tracks``: ``"musdb"`` (the official 14 MUSDB18 validation tracks; for a dataset that
+    holds none of them but carries its own ``valid_tracks.txt``, as the synthetic generator writes, that list), a
+    file name relative to the dataset root (one name per line), a list of names, or ``None``/empty for no
+    validation."""
     if not spec:
         return []
     if isinstance(spec, str) and spec == "musdb":
@@ -272,6 +284,10 @@ def read_track_list(spec, root: Path, train_names: list[str]) -> list[str]:
 
         config = Path(musdb.__file__).parent / "configs" / "mus.yaml"
         names = yaml.safe_load(config.read_text())["validation_tracks"]
+        if (root / VALID_LIST).is_file() and not set(names) & set(train_names):
+            log.info("data.valid_tracks=musdb: %s holds none of the official MUSDB18 validation tracks; using its "
+                     "own %s", root, VALID_LIST)
+            return read_track_list(VALID_LIST, root, train_names)
     elif isinstance(spec, str):
         path = root / spec
         if not path.is_file():
@@ -313,6 +329,6 @@ def decode_stems(root: str | os.PathLike, subsets: list[str], cache_dir: str | o
             for i, name in enumerate(MUSDB_STEMS):
                 save_audio(tmp / f"{name}.wav", np.asarray(audio[i]).T, track.rate)
             os.replace(tmp, final)
-    if (root / "valid_tracks.txt").is_file():  # the synthetic generator's validation list travels along
-        shutil.copy(root / "valid_tracks.txt", out / "valid_tracks.txt")
+    if (root / VALID_LIST).is_file():  # the synthetic generator's validation list travels along
+        shutil.copy(root / VALID_LIST, out / VALID_LIST)
     return out

@@ -10,6 +10,7 @@ checkpoint so :func:`mss.load_model` can rebuild the network with no other input
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -24,6 +25,10 @@ from mss.metrics import frame_sdr, nsdr
 from mss.separation.apply import apply_model
 
 log = logging.getLogger("mss.lightning")
+
+
+class TrainingDiverged(FloatingPointError):
+    """Training produced a non-finite loss or non-finite weights; the run stops without writing them."""
 
 
 class SeparationModule(L.LightningModule):
@@ -109,6 +114,7 @@ class SeparationModule(L.LightningModule):
         if self.augment is not None:
             stems = self.augment(stems)
         loss = self._supervised_loss(stems)
+        self._check_finite(loss, batch_idx)
         if self.automatic_optimization:
             return loss
         optimizer, extra = self.optimizers()
@@ -129,6 +135,27 @@ class SeparationModule(L.LightningModule):
             self.log(f"train/loss/{name}", value, on_step=False, on_epoch=True, batch_size=stems.shape[0],
                      sync_dist=True)
         return loss
+
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Stop the run, before the backward pass and so before any checkpoint of the weights it would break, when
+        ``loss`` is NaN/Inf on any rank; the error names the batch's tracks and offsets (from the datamodule's
+        ``describe_train_batch``, when it has one)."""
+        bad = not bool(torch.isfinite(loss))
+        trainer = None
+        with contextlib.suppress(RuntimeError):  # not attached to a Trainer: a plain loop calling training_step
+            trainer = self.trainer
+        if not (trainer.strategy.reduce_boolean_decision(bad, all=False) if trainer is not None else bad):
+            return
+        epoch = self.current_epoch
+        describe = getattr(trainer.datamodule if trainer is not None else None, "describe_train_batch", None)
+        examples = describe(epoch, batch_idx) if describe is not None else []
+        where = ("; its examples (before augmentation): " + "; ".join(examples)) if examples else ""
+        what = f"train/loss is {float(loss)}" if bad else "train/loss is non-finite on another rank"
+        raise TrainingDiverged(
+            f"{what} at epoch {epoch}, batch {batch_idx} (global step {self.global_step}){where}. The run stops "
+            "before this batch's update; the checkpoints already written are left as they were (checkpoints/"
+            "last.ckpt: the last good state). Lower module.optimizer.lr, clip gradients (trainer.gradient_clip_val="
+            "...), or check the audio of these excerpts.")
 
     # -- unlabeled remixing (manual optimisation) ------------------------------------------------------------------
     def _manual_step(self, optimizer, loss: torch.Tensor) -> None:
@@ -259,4 +286,14 @@ class SeparationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store the config; refuse (before anything is written) to checkpoint NaN/Inf weights."""
+        params = [(n, p) for n, p in self.named_parameters() if p.is_floating_point()]
+        finite = torch.stack([p.detach().isfinite().all() for _, p in params]) if params else torch.ones(1).bool()
+        if not bool(finite.all()):
+            names = [n for (n, _), ok in zip(params, finite.tolist()) if not ok]
+            raise TrainingDiverged(
+                f"not writing a checkpoint at epoch {self.current_epoch} (global step {self.global_step}): "
+                f"{len(names)} parameter tensor(s) hold NaN/Inf ({', '.join(names[:5])}"
+                f"{' ...' if len(names) > 5 else ''}); the optimisation diverged. The checkpoints already written are "
+                "left as they were. Lower module.optimizer.lr or clip gradients (trainer.gradient_clip_val=...).")
         checkpoint["mss"] = self.mss_config
