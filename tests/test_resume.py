@@ -123,21 +123,6 @@ def test_sigkill_resume_with_resampled_lsh_attention_equals_uninterrupted_run(sy
     assert all(not torch.equal(s, torch.Generator().manual_seed(42).get_state()) for s in streams.values())
 
 
-@pytest.mark.slow
-def test_sigkill_resume_with_unlabeled_remixing_equals_uninterrupted_run(synth_root, tmp_path):
-    """``module/unlabeled=remix``: the draw deciding each extra step and the stream of unlabeled batches are
-    checkpointed; with ``proba=0.5`` some steps take an unlabeled batch and some do not."""
-    from mss.data.extract_silent import main as extract_main
-
-    index = tmp_path / "index"
-    assert extract_main([f"input={synth_root / 'train'}", f"out={index}", "detector=energy", "min_duration=1.0"]) == 0
-    interrupted = _kill_resume_and_compare(tmp_path, synth_root, "module/unlabeled=remix", "module.unlabeled.proba=0.5",
-                                           f"module.unlabeled.dataset.index={index}")
-    streams = interrupted["callbacks"]["RNGState"]["streams"]
-    assert sorted(streams) == ["module._unlabeled_batches", "module._unlabeled_rng"]
-    assert streams["module._unlabeled_batches"]["batches"] > 0
-
-
 def test_batch_stream_resumes_exactly_and_random_streams_are_found():
     class Noise(torch.utils.data.Dataset):  # items drawn from torch's global generator, as datasets do
         def __len__(self):
