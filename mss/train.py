@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 import mss
+from mss import ddp
 from mss.lightning.resume import AtomicCheckpointIO, RNGState
 from mss.models import build_model
 from mss.run import CONF_DIR, save_run_info
@@ -131,39 +132,26 @@ def metric_value(metrics: dict[str, float], name: str | None, strict: bool = Tru
     return None if math.isnan(value) else value
 
 
-def _ddp_child_command(local_rank: int) -> tuple[list[str], str]:
-    """Command line of DDP rank ``local_rank`` inside a Hydra *multirun* job. Lightning re-runs ``sys.argv`` for
-    ranks > 0, which in a sweep would start the whole sweep again in every child; run this job's overrides into this
-    job's directory instead (plain runs keep Lightning's own command)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import get_original_cwd
-
-    import __main__
-
-    hc = HydraConfig.get()
-    module = __main__.__spec__.name if __main__.__spec__ is not None else "mss.train"
-    command = [sys.executable, "-m", module, f"--config-name={hc.job.config_name}", *hc.overrides.task,
-               f"hydra.run.dir={hc.runtime.output_dir}", f"hydra.job.name=train_ddp_process_{local_rank}",
-               "hydra.output_subdir=null"]
-    return command, get_original_cwd()
-
-
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+def _main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-    if sweep:
-        from lightning.fabric.strategies.launchers import subprocess_script
-
-        subprocess_script._hydra_subprocess_cmd = _ddp_child_command
     try:
-        metrics, _ = train(cfg)
+        with ddp.job():  # DDP ranks > 0 run this job, also inside a sweep
+            metrics, _ = train(cfg)
     finally:
         if "wandb" in sys.modules:  # close the run so the next job of a sweep starts its own
             sys.modules["wandb"].finish()
-    return metric_value(metrics, cfg.get("optimized_metric"), strict=sweep)
+    return metric_value(metrics, cfg.get("optimized_metric"), strict=HydraConfig.get().mode == RunMode.MULTIRUN)
+
+
+def main() -> None:
+    """Entry point of ``python -m mss.train``; a DDP child of an mss job runs that job (:mod:`mss.ddp`)."""
+    argv = ddp.child_argv()
+    if argv is not None:
+        sys.argv[1:] = argv
+    _main()
 
 
 if __name__ == "__main__":

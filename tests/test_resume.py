@@ -1,6 +1,7 @@
 """Resumable runs: a training process SIGKILLed mid-epoch and resumed with ``ckpt_path=last`` ends with exactly the
-weights and optimiser state of an uninterrupted run (CPU, deterministic mode); the sampler position and the RNG state
-are part of the checkpoint; checkpoint writes are atomic."""
+weights and optimiser state of an uninterrupted run (CPU, deterministic mode) — also with the random streams that
+live outside the global generators: sparse attention's resampled LSH projections and the unlabeled-remix batches; the
+sampler position and every RNG state are part of the checkpoint; checkpoint writes are atomic."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mss.data.datamodule import EpochSampler
-from tests.conftest import TINY_TRAIN
+from mss.data.datamodule import BatchStream, EpochSampler
+from mss.lightning.resume import random_streams
+from tests.conftest import TINY_LOSS, TINY_MODELS, TINY_RUN, TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,10 +62,11 @@ def test_resume_checkpoint_resolution(tmp_path):
         resume_checkpoint(cfg(ckpt_path=str(tmp_path / "nope.ckpt")), out)
 
 
-def _train(run_dir: Path, synth_root: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+def _train(run_dir: Path, synth_root: Path, *extra: str, check: bool = True,
+           tiny: list[str] = TINY_TRAIN) -> subprocess.CompletedProcess:
     args = [f"hydra.run.dir={run_dir}", f"data.root={synth_root}", "data.synth=null",
             f"paths.cache_dir={run_dir.parent / 'cache'}",
-            *[o for o in TINY_TRAIN if not o.startswith(("trainer.max_epochs", "data.samples_per_epoch"))],
+            *[o for o in tiny if not o.startswith(("trainer.max_epochs", "data.samples_per_epoch"))],
             "trainer.max_epochs=3", "data.samples_per_epoch=8", "test=false", "++trainer.deterministic=true",
             "callbacks.last_checkpoint.every_n_train_steps=1", "module.optimizer._target_=torch.optim.AdamW",
             "+module.scheduler._target_=torch.optim.lr_scheduler.StepLR", "+module.scheduler._partial_=true",
@@ -76,27 +79,74 @@ def _train(run_dir: Path, synth_root: Path, *extra: str, check: bool = True) -> 
     return proc
 
 
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(synth_root, tmp_path):
+def _kill_resume_and_compare(tmp_path: Path, synth_root: Path, *extra: str, tiny: list[str] = TINY_TRAIN) -> dict:
+    """Train uninterrupted; train again, SIGKILLed inside step 6 (second epoch, after its 2nd batch: 4 steps per
+    epoch, last.ckpt from step 5), resume with ``ckpt_path=last``; both end with the same weights, optimiser and
+    scheduler state. Returns the checkpoint the killed run left."""
     reference, crashed = tmp_path / "reference", tmp_path / "crashed"
-    _train(reference, synth_root)
-    # 4 steps per epoch: die inside step 6 (second epoch, after its 2nd batch), with last.ckpt from step 5
-    proc = _train(crashed, synth_root, "+callbacks.kill._target_=tests._kill.KillAt", "+callbacks.kill.step=5",
-                  check=False)
+    _train(reference, synth_root, *extra, tiny=tiny)
+    proc = _train(crashed, synth_root, *extra, "+callbacks.kill._target_=tests._kill.KillAt", "+callbacks.kill.step=5",
+                  check=False, tiny=tiny)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     interrupted = torch.load(crashed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert interrupted["global_step"] == 5 and interrupted["epoch"] == 1
-    assert interrupted["MSSDataModule"] == {"epoch": 1, "batches": 1, "batch_size": 2, "world_size": 1}
-    _train(crashed, synth_root, "ckpt_path=last")
+    _train(crashed, synth_root, *extra, "ckpt_path=last", tiny=tiny)
     want = torch.load(reference / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     got = torch.load(crashed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert got["global_step"] == want["global_step"] == 12
+    assert got["global_step"] == want["global_step"] > interrupted["global_step"]
     for key, value in want["state_dict"].items():
         assert torch.equal(got["state_dict"][key], value), key
-    for (_, a), (_, b) in zip(sorted(want["optimizer_states"][0]["state"].items()),
-                              sorted(got["optimizer_states"][0]["state"].items())):
-        assert all(torch.equal(a[k], b[k]) for k in a)
+    for want_opt, got_opt in zip(want["optimizer_states"], got["optimizer_states"], strict=True):
+        for (_, a), (_, b) in zip(sorted(want_opt["state"].items()), sorted(got_opt["state"].items()), strict=True):
+            assert all(torch.equal(a[k], b[k]) for k in a)
     assert got["lr_schedulers"] == want["lr_schedulers"]
+    return interrupted
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(synth_root, tmp_path):
+    interrupted = _kill_resume_and_compare(tmp_path, synth_root)
+    assert interrupted["global_step"] == 5 and interrupted["epoch"] == 1
+    assert interrupted["MSSDataModule"] == {"epoch": 1, "batches": 1, "batch_size": 2, "world_size": 1}
+    assert interrupted["callbacks"]["RNGState"]["streams"] == {}  # the U-Net holds no random stream of its own
+
+
+@pytest.mark.slow
+def test_sigkill_resume_with_resampled_lsh_attention_equals_uninterrupted_run(synth_root, tmp_path):
+    """Tiny Sparse HT Demucs: every training forward draws new LSH projections from the attention layers' own
+    generators, which the checkpoint carries; a resume restarting them from the seed ends with other weights."""
+    tiny = [*TINY_MODELS["mss.models.htdemucs.HTDemucs"], *TINY_LOSS, *TINY_RUN]
+    interrupted = _kill_resume_and_compare(tmp_path, synth_root, "model=htdemucs_sparse", "model.t_lsh_rounds=4",
+                                           tiny=tiny)
+    streams = interrupted["callbacks"]["RNGState"]["streams"]
+    assert len(streams) == 4 and all(k.endswith(".sparse._train_generator") for k in streams), sorted(streams)
+    # 5 resampling steps so far: not the generators' seeded start
+    assert all(not torch.equal(s, torch.Generator().manual_seed(42).get_state()) for s in streams.values())
+
+
+def test_batch_stream_resumes_exactly_and_random_streams_are_found():
+    class Noise(torch.utils.data.Dataset):  # items drawn from torch's global generator, as datasets do
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, index):
+            return torch.rand(3)
+
+    stream = BatchStream(Noise(), 2, seed=1)
+    batches = [next(stream) for _ in range(7)]  # 3 batches per epoch (the last one of 1 example)
+    assert [len(b) for b in batches] == [2, 2, 1, 2, 2, 1, 2] and stream.get_state() == {"epoch": 2, "batches": 1}
+    again = BatchStream(Noise(), 2, seed=1)
+    again.set_state({"epoch": 1, "batches": 1})
+    assert all(torch.equal(next(again), b) for b in batches[4:])
+    torch.manual_seed(0)  # the global generator does not enter: the items have their own seeds
+    fresh = BatchStream(Noise(), 2, seed=1)
+    assert torch.equal(next(fresh), batches[0])
+
+    from mss.models.attention import SparseAttention
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), SparseAttention(rounds=2))
+    net.stream = stream
+    found = random_streams(net)
+    assert found == {"module.1._train_generator": net[1]._train_generator, "module.stream": stream}
 
 
 def test_kill_during_checkpoint_save_leaves_previous_file_loadable(tmp_path):

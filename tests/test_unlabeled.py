@@ -111,7 +111,7 @@ def test_unlabeled_items_and_extra_step_changes_the_weights(oracle_index):
     assert not module.automatic_optimization
     main_opt, extra = module.configure_optimizers()
     assert extra.param_groups[0]["lr"] == pytest.approx(1e-4)  # lr / 10
-    module.on_train_start()
+    module.setup("fit")
     before = [p.detach().clone() for p in module.net.parameters()]
     stems = torch.randn(2, 4, 2, 44100) * 0.1
     loss = module._unlabeled_loss(stems)

@@ -139,6 +139,45 @@ def _seeded(seed: int):
         yield
 
 
+class BatchStream:
+    """Endless batches of ``dataset``: :class:`EpochSampler` epochs one after the other, each example drawn with
+    its own seed (:class:`SeededDataset`), so the stream is a function of ``(seed, epoch, batch)`` alone (not of
+    torch's global generator or the loader workers) and :meth:`get_state` / :meth:`set_state` resume it exactly
+    (a :class:`mss.lightning.resume.RandomStream`). Under DDP each rank takes its share of every epoch.
+    ``next(stream)``: the next collated batch."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
+                 num_workers: int = 0):
+        self.sampler = EpochSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)  # type: ignore
+        self.loader = DataLoader(SeededDataset(dataset), batch_size=batch_size, sampler=self.sampler,
+                                 num_workers=num_workers, persistent_workers=num_workers > 0,
+                                 generator=torch.Generator().manual_seed(seed))
+        self.epoch, self.batches, self._iter = 0, 0, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        for _ in range(2):
+            if self._iter is None:
+                self.sampler.resume(self.epoch, self.batches * self.loader.batch_size)
+                self._iter = iter(self.loader)
+            try:
+                batch = next(self._iter)
+            except StopIteration:
+                self.epoch, self.batches, self._iter = self.epoch + 1, 0, None
+                continue
+            self.batches += 1
+            return batch
+        raise RuntimeError(f"BatchStream: {type(self.loader.dataset.dataset).__name__} yields no batch")
+
+    def get_state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches": self.batches}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.batches, self._iter = int(state["epoch"]), int(state["batches"]), None
+
+
 _POOL_SLOTS = 4  # pooled storages per worker: its prefetch_factor=2 batches in flight + those the consumer holds
 _FLAG_BYTES = 64  # trailing bytes of a pooled storage; the first is its flag (0: in use, 1: free)
 _pool: list[tuple[torch.UntypedStorage, torch.Tensor]] = []  # this worker's pooled storages and their flag bytes

@@ -83,7 +83,6 @@ class SeparationModule(L.LightningModule):
         self.param_groups = dict(param_groups or {})
         self.unlabeled = dict(unlabeled) if unlabeled else None
         self.automatic_optimization = self.unlabeled is None
-        self._unlabeled_iter = None
         if init_checkpoint:
             self._init_from_checkpoint(init_checkpoint)
 
@@ -166,31 +165,25 @@ class SeparationModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=float(clip), gradient_clip_algorithm="norm")
         optimizer.step()
 
-    def on_train_start(self) -> None:
-        if self.unlabeled is None:
+    def setup(self, stage: str) -> None:
+        if self.unlabeled is None or stage != "fit":
             return
-        cfg = self.unlabeled
-        seed = int(cfg.get("seed", 0)) + 1000 * self.global_rank
-        self._unlabeled_rng = torch.Generator().manual_seed(int(cfg.get("seed", 0)))  # same draws on every rank
-        self._unlabeled_loader = torch.utils.data.DataLoader(
-            cfg["dataset"], batch_size=int(cfg.get("batch_size", 4)), num_workers=int(cfg.get("num_workers", 0)),
-            shuffle=True, drop_last=False, generator=torch.Generator().manual_seed(seed),
-            persistent_workers=int(cfg.get("num_workers", 0)) > 0)
+        import torch.distributed as dist
 
-    def _next_unlabeled(self) -> dict:
-        for _ in range(2):
-            if self._unlabeled_iter is None:
-                self._unlabeled_iter = iter(self._unlabeled_loader)
-            try:
-                return next(self._unlabeled_iter)
-            except StopIteration:
-                self._unlabeled_iter = None
-        raise RuntimeError("module.unlabeled.dataset is empty")
+        from mss.data.datamodule import BatchStream
+
+        cfg, seed = self.unlabeled, int(self.unlabeled.get("seed", 0))
+        # random streams held here are checkpointed (mss.lightning.resume.RNGState): a resumed run draws the same
+        self._unlabeled_rng = torch.Generator().manual_seed(seed)  # same draws on every rank
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self._unlabeled_batches = BatchStream(cfg["dataset"], int(cfg.get("batch_size", 4)), seed=seed,
+                                              rank=self.global_rank, world_size=world,
+                                              num_workers=int(cfg.get("num_workers", 0)))
 
     def _unlabeled_loss(self, stems: torch.Tensor) -> torch.Tensor:
         """``|est_i - s_i|_1 + weight * |sum_{j != i} est_j - m_i|_1`` on ``s' = s_i + m_i``: ``s_i`` the stem of source
         ``i`` of regular batch examples ``(n, C, T)``, ``m_i`` unlabeled excerpts with source ``i`` silent."""
-        batch = self._next_unlabeled()
+        batch = next(self._unlabeled_batches)
         source = batch["source"].to(self.device).long()
         excerpt = batch["excerpt"].to(self.device, stems.dtype)
         n, length = min(len(source), stems.shape[0]), min(excerpt.shape[-1], stems.shape[-1])
