@@ -51,7 +51,7 @@ def test_every_experiment_runs_one_fast_step(experiment, run_overrides, tmp_path
     if "piano" in cfg.data.sources:  # the 5-stem recipe needs a dataset with a piano stem: generate one
         overrides = [o for o in overrides if not o.startswith(("data.root=", "data.synth="))]
         overrides += [f"data.root={tmp_path / 'synth5'}", "data.synth.n_train=2", "data.synth.n_test=1",
-                      "data.synth.duration=4.0"]
+                      "data.synth.duration=4.0", "data.synth.generate=true"]
         cfg = compose("train", overrides)
     metrics, _ = train(cfg)
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
