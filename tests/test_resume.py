@@ -16,7 +16,7 @@ import torch
 
 from mss.data.datamodule import BatchStream, EpochSampler
 from mss.lightning.resume import random_streams
-from tests.conftest import TINY_TRAIN
+from tests.conftest import TINY_LOSS, TINY_MODELS, TINY_RUN, TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,6 +108,34 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(synth_root, tmp_
     assert interrupted["global_step"] == 5 and interrupted["epoch"] == 1
     assert interrupted["MSSDataModule"] == {"epoch": 1, "batches": 1, "batch_size": 2, "world_size": 1}
     assert interrupted["callbacks"]["RNGState"]["streams"] == {}  # the U-Net holds no random stream of its own
+
+
+@pytest.mark.slow
+def test_sigkill_resume_with_resampled_lsh_attention_equals_uninterrupted_run(synth_root, tmp_path):
+    """Tiny Sparse HT Demucs: every training forward draws new LSH projections from the attention layers' own
+    generators, which the checkpoint carries; a resume restarting them from the seed ends with other weights."""
+    tiny = [*TINY_MODELS["mss.models.htdemucs.HTDemucs"], *TINY_LOSS, *TINY_RUN]
+    interrupted = _kill_resume_and_compare(tmp_path, synth_root, "model=htdemucs_sparse", "model.t_lsh_rounds=4",
+                                           tiny=tiny)
+    streams = interrupted["callbacks"]["RNGState"]["streams"]
+    assert len(streams) == 4 and all(k.endswith("._train_generator") for k in streams), sorted(streams)
+    seeded = torch.Generator().manual_seed(42).get_state()
+    assert all(not torch.equal(s, seeded) for s in streams.values())  # 5 resampling steps so far
+
+
+@pytest.mark.slow
+def test_sigkill_resume_with_unlabeled_remixing_equals_uninterrupted_run(synth_root, tmp_path):
+    """``module/unlabeled=remix``: the draw deciding each extra step and the stream of unlabeled batches are
+    checkpointed; with ``proba=0.5`` some steps take an unlabeled batch and some do not."""
+    from mss.data.extract_silent import main as extract_main
+
+    index = tmp_path / "index"
+    assert extract_main([f"input={synth_root / 'train'}", f"out={index}", "detector=energy", "min_duration=1.0"]) == 0
+    interrupted = _kill_resume_and_compare(tmp_path, synth_root, "module/unlabeled=remix", "module.unlabeled.proba=0.5",
+                                           f"module.unlabeled.dataset.index={index}")
+    streams = interrupted["callbacks"]["RNGState"]["streams"]
+    assert sorted(streams) == ["module._unlabeled_batches", "module._unlabeled_rng"]
+    assert streams["module._unlabeled_batches"]["batches"] > 0
 
 
 def test_batch_stream_resumes_exactly_and_random_streams_are_found():
