@@ -4,8 +4,8 @@ __version__ = "0.1.0"
 
 
 def load_model(path, map_location="cpu"):
-    """Network of an mss checkpoint in eval mode (see :func:`mss.pretrained.load_model`)."""
-    from mss.pretrained import load_model as _load
+    """Network of an mss checkpoint in eval mode (see :func:`mss.checkpoint.load_model`)."""
+    from mss.checkpoint import load_model as _load
 
     return _load(path, map_location)
 

@@ -6,7 +6,7 @@
   ``experiment=finetune``, passed in the order of ``data.sources``; HT Demucs ``ft``).
 - a ``(members, sources)`` matrix: per-source weights (each source needs a positive total).
 
-The output is an ordinary mss checkpoint (:class:`mss.separation.bag.BagOfModels` config + weights, and the first
+The output is an ordinary mss checkpoint (:class:`mss.inference.bag.BagOfModels` config + weights, and the first
 member's data config), so ``python -m mss.evaluate ckpt=bag.ckpt`` and ``python -m mss.separate ckpt=bag.ckpt``
 use it like a single model.
 """
@@ -21,23 +21,10 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from mss.pretrained import CheckpointError, load_model, read_checkpoint, save_checkpoint
-from mss.separation.bag import BagOfModels
+from mss.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from mss.inference.bag import BagOfModels, bag_weights
 
 __all__ = ["BagConfig", "build_bag", "main"]
-
-
-def _weights(spec: Any, n_models: int, sources: list[str]) -> list[list[float]]:
-    if spec == "uniform":
-        return [[1.0] * len(sources) for _ in range(n_models)]
-    if spec == "identity":
-        if n_models != len(sources):
-            raise ValueError(f"weights=identity needs one checkpoint per source ({len(sources)}: {sources}), got "
-                             f"{n_models}")
-        return [[float(i == j) for j in range(len(sources))] for i in range(n_models)]
-    if isinstance(spec, str):
-        raise ValueError(f"weights={spec!r}: expected uniform, identity or a (models, sources) matrix")
-    return [[float(v) for v in row] for row in spec]
 
 
 def build_bag(ckpts: Sequence[str | Path], weights: Any = "uniform", out: str | Path | None = None) -> BagOfModels:
@@ -47,9 +34,9 @@ def build_bag(ckpts: Sequence[str | Path], weights: Any = "uniform", out: str | 
     stored = [read_checkpoint(c)["mss"] for c in ckpts]
     members = [load_model(c) for c in ckpts]
     sources = list(members[0].sources)
-    bag = BagOfModels(members, _weights(weights, len(members), sources))
+    bag = BagOfModels(members, bag_weights(weights, len(members), sources))
     if out is not None:
-        config = {"_target_": "mss.separation.bag.BagOfModels", "models": [s["model"] for s in stored],
+        config = {"_target_": "mss.inference.bag.BagOfModels", "models": [s["model"] for s in stored],
                   "weights": bag.weights.tolist()}
         save_checkpoint(out, bag, config, data=stored[0].get("data"),
                         extra={"bag_of": [str(Path(c).resolve()) for c in ckpts]})

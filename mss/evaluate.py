@@ -36,12 +36,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from mss.audio.io import save_audio
+from mss.checkpoint import model_from_checkpoint, read_checkpoint
+from mss.inference.overlap_add import apply_model
 from mss.metrics import aggregate, evaluate_track, nsdr, read_track_json, save_track_json
 from mss.models import build_model
-from mss.pretrained import load_model, read_checkpoint
 from mss.report import plot_boxes, plot_track_bars, print_table, results_table, write_results
-from mss.run import CONF_DIR, save_run_info
-from mss.separation.apply import apply_model
+from mss.run import CONF_DIR, compose, save_run_info
 from mss.utils import atomic_write_text
 
 log = logging.getLogger("mss.evaluate")
@@ -108,20 +108,29 @@ def _process(net, item, sources, sample_rate, cfg, out, device, metrics_device, 
 # ----------------------------------------------------------------------------------------------- setup
 
 
+def _musdbhq_config() -> dict:
+    """The ``data=musdbhq`` node (root unset): the dataset layout of checkpoints that store no data config."""
+    cfg = compose("evaluate", ["data=musdbhq", "data.root=null", "paths.output_dir=unused"])
+    return OmegaConf.to_container(cfg.data, resolve=True)
+
+
 def _resolve(ckpt, model_cfg, data_cfg):
     """``(net_builder_spec, data_cfg, label)``: the network comes from ``ckpt`` or from a model config."""
     if ckpt is not None:
-        stored = read_checkpoint(ckpt)["mss"]
+        checkpoint = read_checkpoint(ckpt)  # read once: the network is built from this dict (in each shard too)
+        stored = checkpoint["mss"]
         data_cfg = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
         if data_cfg.pop("from_checkpoint", False):  # data=checkpoint: the stored data config, updated by keys here
             trained_on = dict(stored["data"])
+            if "_target_" not in trained_on:  # imports and minimal checkpoints store the audio constants only
+                trained_on = {**_musdbhq_config(), **trained_on}
             if trained_on.get("synth"):  # evaluation reads the dataset that is there; generation flags were training's
                 trained_on["synth"] = {**trained_on["synth"], "generate": False, "overwrite": False}
             data_cfg = OmegaConf.merge(trained_on, {k: v for k, v in data_cfg.items() if v is not None})
         with open_dict(data_cfg):  # the audio constants are the model's, whatever the data config says
             for key in ("sources", "sample_rate", "channels"):
                 data_cfg[key] = stored["data"][key]
-        return {"ckpt": str(ckpt)}, data_cfg, Path(ckpt).name
+        return {"ckpt": str(ckpt), "checkpoint": checkpoint}, data_cfg, Path(ckpt).name
     if model_cfg is None:
         raise ValueError("nothing to evaluate: set ckpt=PATH (a trained checkpoint) or model=oracle_irm2 (an oracle)")
     if data_cfg.get("from_checkpoint", False):
@@ -138,7 +147,7 @@ def _resolve(ckpt, model_cfg, data_cfg):
 
 def _build(spec: dict, device) -> torch.nn.Module:
     if "ckpt" in spec:
-        return load_model(spec["ckpt"], map_location=device)
+        return model_from_checkpoint(spec["checkpoint"], spec["ckpt"], map_location=device)
     return build_model(spec["model"]).to(device).eval()
 
 

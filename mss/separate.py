@@ -14,9 +14,9 @@ import torch
 from omegaconf import DictConfig
 
 from mss.audio.io import AudioError, audio_info, convert_channels, load_audio, resample, save_audio
-from mss.pretrained import load_model
+from mss.checkpoint import load_model
+from mss.inference.overlap_add import apply_model
 from mss.run import CONF_DIR
-from mss.separation.apply import apply_model
 
 log = logging.getLogger("mss.separate")
 

@@ -25,24 +25,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-import mss
 from mss import ddp
+from mss.checkpoint import checkpoint_config
 from mss.lightning.resume import AtomicCheckpointIO, RNGState
 from mss.models import build_model
 from mss.run import CONF_DIR, save_run_info
-from mss.utils import git_revision
 
 log = logging.getLogger("mss.train")
-
-
-def checkpoint_config(cfg: DictConfig) -> dict:
-    """What every checkpoint carries: the resolved model config and the data constants it was trained with."""
-    return {
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "data": OmegaConf.to_container(cfg.data, resolve=True),
-        "mss_version": mss.__version__,
-        "git": git_revision(),
-    }
 
 
 def build(cfg: DictConfig) -> dict[str, Any]:
@@ -50,7 +39,9 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, _convert_="all")
     augment = instantiate(cfg.augment) if cfg.get("augment") else None
     module = instantiate(cfg.module, net=build_model(cfg.model), augment=augment, _convert_="partial")
-    module.mss_config = checkpoint_config(cfg)  # set after instantiate: Hydra would build its nested _target_s
+    # set after instantiate: Hydra would build its nested _target_s
+    module.mss_config = checkpoint_config(OmegaConf.to_container(cfg.model, resolve=True),
+                                          OmegaConf.to_container(cfg.data, resolve=True))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     # exact resume (RNG state), crash-safe checkpoint files; the datamodule shards data across ranks itself

@@ -102,7 +102,7 @@ def throughput(loader, batches: int) -> tuple[float, float | None]:
 
 
 def mss_loader(root: Path, workers: int, args, repitch: str | None):
-    from mss.data.augment import Repitch
+    from mss.augment.repitch import Repitch
     from mss.data.datamodule import MSSDataModule
 
     rp = None if repitch is None else Repitch(proba=0.2, sample_rate=44100, backend=repitch)
@@ -121,7 +121,7 @@ def naive_loader(root: Path, workers: int, args, is_wav: bool):
 
 def repitch_table(seconds: float, rubberband: bool) -> list[str]:
     from mss.audio.spectral import stft
-    from mss.data.augment import repitch
+    from mss.audio.vocoder import repitch
     from mss.data.synth import render_track
 
     sr = 44100
@@ -158,9 +158,9 @@ def repitch_table(seconds: float, rubberband: bool) -> list[str]:
 
 
 def repitch_example_cost(segment: float, rubberband: bool) -> list[str]:
-    """CPU milliseconds of :class:`mss.data.augment.Repitch` on one training example (4 stereo stems of
+    """CPU milliseconds of :class:`mss.augment.repitch.Repitch` on one training example (4 stereo stems of
     ``segment`` + 1 s, what the loader repitches), median over the (pitch, tempo) draws of 8 seeds."""
-    from mss.data.augment import Repitch
+    from mss.augment.repitch import Repitch
 
     sr, length = 44100, round((segment + 1.0) * 44100)
     rows = ["| backend | ms CPU per repitched example (median) | ms wall (median) |", "|---|---|---|"]

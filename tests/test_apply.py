@@ -1,4 +1,4 @@
-"""Tests for chunked overlap-add inference (mss.separation.apply)."""
+"""Tests for chunked overlap-add inference (mss.inference.overlap_add)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mss.separation.apply import apply_model, chunk_window
+from mss.inference.overlap_add import apply_model, chunk_window
 
 SEGMENT = 1000
 

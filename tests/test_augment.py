@@ -11,7 +11,9 @@ import torch
 from hydra.utils import instantiate
 
 from mss.audio.spectral import stft
-from mss.data.augment import Compose, FlipChannels, FlipSign, GainDB, Remix, Repitch, Scale, Shift, Silence, repitch
+from mss.audio.vocoder import repitch
+from mss.augment.batch import Compose, FlipChannels, FlipSign, GainDB, RemixBatch, Scale, Shift, Silence
+from mss.augment.repitch import Repitch
 from mss.run import compose
 
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -25,7 +27,7 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-ALL = [lambda: Shift(0.01, 10_000), FlipChannels, FlipSign, Scale, GainDB, Silence, lambda: Remix(group_size=4)]
+ALL = [lambda: Shift(0.01, 10_000), FlipChannels, FlipSign, Scale, GainDB, Silence, lambda: RemixBatch(group_size=4)]
 
 
 @pytest.mark.parametrize("make", ALL, ids=["shift", "flip_channels", "flip_sign", "scale", "gain_db", "silence",
@@ -75,7 +77,7 @@ def test_shift_crops_each_source_and_same_keeps_alignment():
 
 def test_remix_permutes_sources_within_groups_only():
     x = batch(b=8, t=16)
-    out = Remix(1.0, group_size=4)(x, gen())
+    out = RemixBatch(1.0, group_size=4)(x, gen())
     for g in range(2):
         rows = slice(4 * g, 4 * g + 4)
         for s in range(4):  # every source of the group is a permutation of the group's stems of that source
@@ -84,16 +86,16 @@ def test_remix_permutes_sources_within_groups_only():
     assert not torch.equal(out, x)
     mix = out.sum(1)  # the mixture formed afterwards is the sum of the remixed stems
     torch.testing.assert_close(mix, torch.stack([out[:, s] for s in range(4)]).sum(0))
-    assert torch.equal(Remix(0.0, 4)(x, gen()), x)
+    assert torch.equal(RemixBatch(0.0, 4)(x, gen()), x)
     with pytest.raises(ValueError, match="multiple of group_size=4"):
-        Remix(1.0, 4)(batch(b=6), gen())
+        RemixBatch(1.0, 4)(batch(b=6), gen())
 
 
 def test_remix_result_does_not_depend_on_the_device_split():
     """Two devices with 4 examples each draw their groups exactly like one device's two groups would, given the
     same per-group randomness: a group never mixes examples from the other half."""
     x = batch(b=8, t=8)
-    out = Remix(1.0, group_size=4)(x, gen(5))
+    out = RemixBatch(1.0, group_size=4)(x, gen(5))
     first = {tuple(v.tolist()) for v in x[:4].reshape(4, 4, -1).reshape(16, -1)}
     assert all(tuple(v.tolist()) in first for v in out[:4].reshape(16, -1))
 
@@ -131,7 +133,7 @@ def test_demucs_recipe_without_shift_reads_no_margin():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_same_draws_on_cpu_and_gpu():
     aug = Compose({"shift": Shift(0.01, 10_000), "flip": FlipChannels(), "scale": Scale(),
-                   "remix": Remix(group_size=4)}, SOURCES)
+                   "remix": RemixBatch(group_size=4)}, SOURCES)
     x = batch()
     torch.testing.assert_close(aug.cuda()(x.cuda(), gen(3)).cpu(), aug.cpu()(x, gen(3)))
 
@@ -183,7 +185,7 @@ def test_vocoder_round_trip_on_a_voice(hop):
 
 
 def test_phase_vocoder_at_rate_one_is_the_identity():
-    from mss.data.augment import _frames_istft, _frames_stft, phase_vocoder
+    from mss.audio.vocoder import _frames_istft, _frames_stft, phase_vocoder
 
     x = torch.stack([tone(0.5), torch.randn(SR // 2, generator=gen())]).numpy()
     spec = _frames_stft(x, 1024, 256)
@@ -194,7 +196,7 @@ def test_phase_vocoder_at_rate_one_is_the_identity():
 
 
 def test_silent_rows_are_skipped_and_resampling_moves_the_frequency():
-    from mss.data.augment import resample_ratio
+    from mss.audio.vocoder import resample_ratio
 
     x = torch.stack([tone(), torch.zeros(2 * SR)])
     y = repitch(x, 2, 1.05, SR)

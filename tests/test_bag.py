@@ -7,11 +7,11 @@ import torch
 from omegaconf import OmegaConf
 
 from mss import load_model
+from mss.checkpoint import read_checkpoint, save_checkpoint
+from mss.inference.bag import BagOfModels
+from mss.inference.overlap_add import apply_model
 from mss.models import build_model
-from mss.pretrained import read_checkpoint, save_checkpoint
 from mss.run import compose
-from mss.separation.apply import apply_model
-from mss.separation.bag import BagOfModels
 from tests.conftest import TINY_MODEL
 
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -65,7 +65,7 @@ def test_bad_bags_are_clear_errors(members):
 
 
 def test_bag_checkpoint_reloads_to_the_same_output(members, tmp_path):
-    config = {"_target_": "mss.separation.bag.BagOfModels", "models": [tiny_config(128), tiny_config(64)],
+    config = {"_target_": "mss.inference.bag.BagOfModels", "models": [tiny_config(128), tiny_config(64)],
               "weights": [[1, 0, 0, 1], [0, 1, 1, 0]]}
     bag = BagOfModels(members, weights=config["weights"]).eval()
     path = save_checkpoint(tmp_path / "bag.ckpt", bag, config)

@@ -259,7 +259,7 @@ def test_batches_built_in_place_equal_the_seeded_items(synth_root, tmp_path, wor
 
 
 def test_int16_batches_only_when_lossless(synth_root, tmp_path):
-    from mss.data.augment import Repitch
+    from mss.augment.repitch import Repitch
 
     dm = make_dm(synth_root, tmp_path)
     dm.setup("fit")

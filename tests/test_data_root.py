@@ -177,7 +177,7 @@ def test_diverging_loss_stops_naming_the_batch_and_keeps_the_last_good_checkpoin
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert (ckpt["epoch"], ckpt["global_step"]) == (0, 1)  # written at the end of epoch 0, not after the NaN
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
-    from mss.pretrained import load_model
+    from mss.checkpoint import load_model
 
     assert all(torch.isfinite(p).all() for p in load_model(last).parameters())
 

@@ -15,12 +15,12 @@ from torch import nn
 from mss import load_model
 from mss.bag import build_bag
 from mss.bag import main as bag_main
+from mss.checkpoint import CheckpointError
+from mss.inference.overlap_add import apply_model
 from mss.lightning.module import SeparationModule
 from mss.losses import WaveformL1
 from mss.models import build_model
-from mss.pretrained import CheckpointError
 from mss.run import compose
-from mss.separation.apply import apply_model
 from tests.conftest import TINY_TRAIN
 
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -31,7 +31,7 @@ def base_ckpt(synth_root, tmp_path_factory) -> Path:
     """A multi-source mss checkpoint of the tiny U-Net (random weights: only the plumbing is under test)."""
     from omegaconf import OmegaConf
 
-    from mss.pretrained import save_checkpoint
+    from mss.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     cfg = compose("train", [f"data.root={synth_root}", "data.synth=null", "paths.output_dir=unused", *TINY_TRAIN])
@@ -102,7 +102,7 @@ def test_bag_of_two_checkpoints_separates_like_the_weighted_members(base_ckpt, t
     with torch.no_grad():
         for p in net.parameters():
             p.mul_(0.9)
-    from mss.pretrained import read_checkpoint, save_checkpoint
+    from mss.checkpoint import read_checkpoint, save_checkpoint
 
     stored = read_checkpoint(base_ckpt)["mss"]
     save_checkpoint(other, net, stored["model"], data=stored["data"])

@@ -70,7 +70,7 @@ def test_separate_and_listen_notebook_on_a_checkpoint(synth_root, tmp_path, monk
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from mss.pretrained import save_checkpoint
+    from mss.checkpoint import save_checkpoint
     from mss.run import compose
     from tests.conftest import TINY_MODEL
 

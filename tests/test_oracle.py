@@ -1,4 +1,4 @@
-"""Oracle baselines (mss.separation.oracle) on the synthetic test tracks: contract, mixture consistency and the
+"""Oracle baselines (mss.inference.oracle) on the synthetic test tracks: contract, mixture consistency and the
 expected ordering against the MIX baseline."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mss.inference.oracle import Oracle
 from mss.metrics import nsdr
 from mss.models import build_model
 from mss.run import compose
-from mss.separation.oracle import Oracle
 
 ORACLES = ["oracle_irm1", "oracle_irm2", "oracle_ibm1", "oracle_ibm2", "oracle_mwf", "oracle_mix"]
 

@@ -127,7 +127,7 @@ def test_sigkill_resume_with_resampled_lsh_attention_equals_uninterrupted_run(sy
 def test_sigkill_resume_with_unlabeled_remixing_equals_uninterrupted_run(synth_root, tmp_path):
     """``module/unlabeled=remix``: the draw deciding each extra step and the stream of unlabeled batches are
     checkpointed; with ``proba=0.5`` some steps take an unlabeled batch and some do not."""
-    from mss.data.extract_silent import main as extract_main
+    from mss.unlabeled.extract_silent import main as extract_main
 
     index = tmp_path / "index"
     assert extract_main([f"input={synth_root / 'train'}", f"out={index}", "detector=energy", "min_duration=1.0"]) == 0

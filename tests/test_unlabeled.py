@@ -9,12 +9,12 @@ import shutil
 import pytest
 import torch
 
-from mss.data import unlabeled as U
-from mss.data.extract_silent import main as extract_main
+from mss import unlabeled as U
 from mss.lightning.module import SeparationModule
 from mss.losses import WaveformL1
 from mss.run import compose
 from mss.train import train
+from mss.unlabeled.extract_silent import main as extract_main
 from tests.conftest import TINY_MODEL
 
 SOURCES = ["drums", "bass", "other", "vocals"]

@@ -1,10 +1,10 @@
-"""Tests for mss.separation.wiener: initialisation, EM against a direct reference, consistency properties."""
+"""Tests for mss.audio.wiener: initialisation, EM against a direct reference, consistency properties."""
 
 import numpy as np
 import pytest
 import torch
 
-from mss.separation.wiener import _solve, wiener
+from mss.audio.wiener import _solve, wiener
 
 
 def _random_problem(batch: int = 2, sources: int = 3, channels: int = 2, freqs: int = 9, frames: int = 40,

@@ -280,7 +280,7 @@ class MSSDataModule(L.LightningDataModule):
             dataset is generated into the cache whatever the flags.
         seed: seed of the training order and excerpts (default: the seed of ``lightning.seed_everything``, i.e.
             the run's ``seed``, else 0).
-        repitch: optional :class:`mss.data.augment.Repitch` (pitch/tempo change in the loader workers).
+        repitch: optional :class:`mss.augment.repitch.Repitch` (pitch/tempo change in the loader workers).
         segment_margin: seconds read beyond ``segment`` for batch augmentations that shorten the excerpt (the
             ``Shift`` of ``augment=demucs``), so the network still trains on ``segment`` seconds.
         batch_pool: loader workers write training batches into a pool of reused shared-memory buffers (see

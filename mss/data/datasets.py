@@ -2,7 +2,7 @@
 
 - :class:`SegmentDataset`: random training excerpts, stems ``(S, C, T)``; with ``remix`` each source comes from an
   independently drawn track and offset (new mixtures that never existed); with ``repitch`` (a
-  :class:`mss.data.augment.Repitch`) some examples get the same pitch/tempo change on every stem, here in the
+  :class:`mss.augment.repitch.Repitch`) some examples get the same pitch/tempo change on every stem, here in the
   data-loader workers, still exactly ``T`` samples long.
 - :class:`TrackDataset`: whole tracks for validation/test: ``{"name", "mixture": (C, T), "stems": (S, C, T)}``.
 """

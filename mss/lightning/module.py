@@ -21,8 +21,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from mss.inference.overlap_add import apply_model
 from mss.metrics import frame_sdr, nsdr
-from mss.separation.apply import apply_model
 
 log = logging.getLogger("mss.lightning")
 
@@ -51,7 +51,7 @@ class SeparationModule(L.LightningModule):
             options (first match wins), e.g. ``{transformer: {weight_decay: 0.05}}``; the rest use the defaults.
         unlabeled: the unlabeled-remixing extra step (Demucs 2019): ``{dataset, proba, weight, lr_scale,
             batch_size, num_workers, gradient_clip_val, seed}`` with ``dataset`` yielding ``{"source": i,
-            "excerpt": (C, T)}`` (see :mod:`mss.data.unlabeled`). Turns on manual optimisation: after each regular
+            "excerpt": (C, T)}`` (see :mod:`mss.unlabeled`). Turns on manual optimisation: after each regular
             step, with probability ``proba``, the isolated stem ``s_i`` of a batch example is added to an excerpt
             ``m_i`` where source ``i`` is silent and a second optimiser (same class, lr x ``lr_scale``) steps on
             ``|est_i - s_i|_1 + weight * |sum_{j != i} est_j - m_i|_1``, logged as ``train/unlabeled_loss``.
@@ -88,20 +88,9 @@ class SeparationModule(L.LightningModule):
 
     def _init_from_checkpoint(self, path: str) -> None:
         """Load the network weights of an mss checkpoint (same model config and sources) into ``net``."""
-        from mss.pretrained import CheckpointError, read_checkpoint
+        from mss.checkpoint import load_net_weights
 
-        ckpt = read_checkpoint(path)
-        stored = list(ckpt["mss"].get("data", {}).get("sources", self.sources))
-        if stored != self.sources:
-            raise CheckpointError(f"{path}: module.init_checkpoint was trained on sources {stored}, this run "
-                                  f"separates {self.sources} (set data.sources to match)")
-        state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        try:
-            self.net.load_state_dict(state)
-        except RuntimeError as err:
-            raise CheckpointError(f"{path}: module.init_checkpoint weights do not fit model "
-                                  f"{type(self.net).__name__} (use the model config stored in the checkpoint): "
-                                  f"{str(err).splitlines()[0]}") from err
+        load_net_weights(self.net, path, self.sources, key="module.init_checkpoint")
         log.info("initialised %s from %s", type(self.net).__name__, path)
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:

@@ -136,7 +136,7 @@ class DemucsV2(_WaveUNet):
         context: kernel size of the (unpadded) decoder rewrite convolution.
         normalize: normalise each example by its mono mixture's mean/std (v2 default: off).
         samplerate: sample rate in Hz (metadata; ``sample_rate`` attribute).
-        segment_length: overlap-add chunk length in samples used by ``mss.separation.apply_model``.
+        segment_length: overlap-add chunk length in samples used by ``mss.inference.overlap_add_model``.
     """
 
     def __init__(self, sources: Sequence[str], audio_channels: int = 2, channels: int = 64, depth: int = 6,

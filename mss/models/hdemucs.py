@@ -10,7 +10,7 @@ local attention. Output: iSTFT of the frequency branch + the time branch.
 
 Constructor keywords and parameter names equal the reference ``demucs.hdemucs.HDemucs`` (state dicts load 1:1);
 class defaults give 83,637,832 parameters for 4 stereo sources. ``segment`` (seconds) only sets
-``segment_length``, the chunk used by :func:`mss.separation.apply.apply_model`; any input length works.
+``segment_length``, the chunk used by :func:`mss.inference.overlap_add.apply_model`; any input length works.
 
 Shape legend: ``B`` batch, ``S`` sources, ``C`` audio channels, ``L`` samples.
 """

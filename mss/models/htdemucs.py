@@ -12,7 +12,7 @@ Data flow of :meth:`HTDemucs.forward` (class defaults: 48 channels, depth 4, STF
 
 The training segment (``segment`` seconds, ``segment_length`` samples) is part of the model: shorter inputs are
 zero-padded to it and the output cropped back, longer inputs are an error (use
-:func:`mss.separation.apply.apply_model` for full tracks).
+:func:`mss.inference.overlap_add.apply_model` for full tracks).
 
 Constructor keywords and parameter names equal the reference ``demucs.htdemucs.HTDemucs`` (state dicts load 1:1).
 Class defaults: 26,899,536 parameters for 4 stereo sources; the released ``htdemucs`` (dconv_mode 3,
@@ -66,7 +66,7 @@ class HTDemucs(HybridSpec):
                  t_emb: str = "sin", t_hidden_scale: float = 4.0, t_heads: int = 8, t_dropout: float = 0.0,
                  t_max_positions: int = 10000, t_norm_in: bool = True, t_norm_in_group: bool = False,
                  t_group_norm: bool = False, t_norm_first: bool = True, t_norm_out: bool = True,
-                 t_max_period: float = 10000.0, t_weight_decay: float = 0.0, t_lr: float | None = None,
+                 t_max_period: float = 10000.0,
                  t_layer_scale: bool = True, t_gelu: bool = True, t_weight_pos_embed: float = 1.0,
                  t_sin_random_shift: int = 0, t_cape_mean_normalize: bool = True, t_cape_augment: bool = True,
                  t_cape_glob_loc_scale: Sequence[float] = (5000.0, 1.0, 1.4), t_sparse_self_attn: bool = False,
@@ -108,7 +108,7 @@ class HTDemucs(HybridSpec):
                 dim=dim, emb=t_emb, hidden_scale=t_hidden_scale, num_heads=t_heads, num_layers=t_layers,
                 cross_first=t_cross_first, dropout=t_dropout, max_positions=t_max_positions, norm_in=t_norm_in,
                 norm_in_group=t_norm_in_group, group_norm=t_group_norm, norm_first=t_norm_first,
-                norm_out=t_norm_out, max_period=t_max_period, weight_decay=t_weight_decay, lr=t_lr,
+                norm_out=t_norm_out, max_period=t_max_period,
                 layer_scale=t_layer_scale, gelu=t_gelu, sin_random_shift=t_sin_random_shift,
                 weight_pos_embed=t_weight_pos_embed, cape_mean_normalize=t_cape_mean_normalize,
                 cape_augment=t_cape_augment, cape_glob_loc_scale=t_cape_glob_loc_scale,
@@ -125,7 +125,7 @@ class HTDemucs(HybridSpec):
         if length > self.segment_length:
             raise ValueError(f"HTDemucs: input of {length} samples is longer than the training segment of "
                              f"{self.segment_length} samples ({float(self.segment):g} s); split it with "
-                             "mss.separation.apply.apply_model (or set model.segment)")
+                             "mss.inference.overlap_add.apply_model (or set model.segment)")
         return self.segment_length
 
     def _bottom(self, x: Tensor, xt: Tensor) -> tuple[Tensor, Tensor]:

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mss.audio.spectral import hann_window
+from mss.audio.wiener import wiener
 from mss.models.blocks import DConv
-from mss.separation.wiener import wiener
 
 __all__ = ["HDecLayer", "HEncLayer", "HybridSpec", "MultiWrap", "ScaledEmbedding", "ispectro", "pad1d", "spectro"]
 

@@ -10,7 +10,7 @@ Pipeline of :class:`OpenUnmix`:
    ``ReLU(.) * |X|``: a non-negative unbounded mask on the full band;
 3. eval mode with ``wiener_iterations > 0`` (Open-Unmix's ``niter``, 1 for the released models): multichannel Wiener
    EM from the target magnitudes with the mixture phase (``softmask=False``) on windows of ``wiener_window`` frames
-   (:func:`mss.separation.wiener.wiener`); with a single target the residual ``mix - target`` is added as a second
+   (:func:`mss.audio.wiener.wiener`); with a single target the residual ``mix - target`` is added as a second
    source for the EM and dropped afterwards (the reference refuses ``niter > 0`` with one target). Training mode,
    or ``wiener_iterations=0``: target magnitude with the mixture phase;
 4. iSTFT with the input length.
@@ -38,7 +38,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from mss.audio.spectral import istft, stft
-from mss.separation.wiener import wiener
+from mss.audio.wiener import wiener
 
 __all__ = ["OpenUnmix", "UnmixNet", "bandwidth_to_max_bin"]
 

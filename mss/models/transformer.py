@@ -255,7 +255,6 @@ class CrossTransformerEncoder(nn.Module):
         group_norm: use GroupNorm(group_norm) instead of LayerNorm inside the layers.
         norm_first: pre-norm layers. norm_out: GroupNorm(1) at the end of every (pre-norm) layer.
         max_period: sinusoid period base. weight_pos_embed: weight of the positional embeddings.
-        weight_decay, lr: optimiser group settings returned by :meth:`make_optim_group`.
         layer_scale: LayerScale (init 1e-4) on the residual branches. gelu: GELU (else ReLU) FFN activation.
         sin_random_shift: random offset (0..shift) of the temporal sinusoid positions in training.
         cape_mean_normalize, cape_augment, cape_glob_loc_scale: CAPE settings (``emb="cape"``).
@@ -273,7 +272,7 @@ class CrossTransformerEncoder(nn.Module):
                  num_layers: int = 6, cross_first: bool = False, dropout: float = 0.0, max_positions: int = 1000,
                  norm_in: bool = True, norm_in_group: bool = False, group_norm: int = False,
                  norm_first: bool = False, norm_out: bool = False, max_period: float = 10000.0,
-                 weight_decay: float = 0.0, lr: float | None = None, layer_scale: bool = False, gelu: bool = True,
+                 layer_scale: bool = False, gelu: bool = True,
                  sin_random_shift: int = 0, weight_pos_embed: float = 1.0, cape_mean_normalize: bool = True,
                  cape_augment: bool = True, cape_glob_loc_scale: tuple[float, float, float] = (5000.0, 1.0, 1.4),
                  sparse_self_attn: bool = False, sparse_cross_attn: bool = False, mask_type: str = "diag",
@@ -296,10 +295,8 @@ class CrossTransformerEncoder(nn.Module):
         self.classic_parity = 1 if cross_first else 0
         self.emb = emb
         self.max_period = max_period
-        self.weight_decay = weight_decay
         self.weight_pos_embed = weight_pos_embed
         self.sin_random_shift = sin_random_shift
-        self.lr = lr
         if emb == "cape":
             self.cape_mean_normalize = cape_mean_normalize
             self.cape_augment = cape_augment
@@ -359,10 +356,3 @@ class CrossTransformerEncoder(nn.Module):
                                              max_local_shift=loc, max_scale=scale, device=device,
                                              max_period=self.max_period)
         return self.position_embeddings(torch.arange(length, device=device))
-
-    def make_optim_group(self) -> dict:
-        """Optimiser parameter group of the transformer (its own weight decay and, if set, learning rate)."""
-        group = {"params": list(self.parameters()), "weight_decay": self.weight_decay}
-        if self.lr is not None:
-            group["lr"] = self.lr
-        return group

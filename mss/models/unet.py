@@ -34,7 +34,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from mss.audio.spectral import istft, magnitude, stft
-from mss.separation.wiener import wiener
+from mss.audio.wiener import wiener
 
 __all__ = ["SpleeterUNet", "UNet2d"]
 

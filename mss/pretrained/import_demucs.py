@@ -12,7 +12,7 @@ reference loader does) and the state dict is loaded 1:1 (fp16 exports are cast t
 
 A bag ``.yaml`` (``models: [signature, ...]``, optional ``weights`` ``(models, sources)`` and ``segment``) is resolved
 against the ``.th`` files beside it (``<signature>.th`` or ``<signature>-<checksum>.th``, as the reference's local
-repository) and becomes one :class:`mss.separation.bag.BagOfModels` checkpoint; ``segment`` overrides the members'
+repository) and becomes one :class:`mss.inference.bag.BagOfModels` checkpoint; ``segment`` overrides the members'
 segment as in the reference.
 
 The written checkpoint is an ordinary mss checkpoint (``mss.load_model``, ``mss.evaluate ckpt=...``,
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import fractions
 import inspect
+import logging
 import os
 import sys
 import warnings
@@ -34,8 +35,10 @@ import torch
 import yaml
 from torch import nn
 
+from mss.checkpoint import save_checkpoint
 from mss.models import build_model
-from mss.pretrained import save_checkpoint
+
+log = logging.getLogger("mss.import_demucs")
 
 __all__ = ["CLASSES", "DemucsImportError", "import_bag", "import_model", "main", "read_package"]
 
@@ -46,7 +49,7 @@ CLASSES: dict[str, str] = {
     "demucs.demucs.Demucs": "mss.models.demucs.Demucs",
     "demucs.model.Demucs": "mss.models.demucs.DemucsV2",
 }
-BAG_TARGET = "mss.separation.bag.BagOfModels"
+BAG_TARGET = "mss.inference.bag.BagOfModels"
 
 
 class DemucsImportError(ValueError):
@@ -104,6 +107,11 @@ def _locate(target: str) -> type:
     return get_class(target)
 
 
+# reference HTDemucs arguments read only by its solver (the transformer's optimiser group): mss takes them from the
+# LightningModule's `param_groups` instead
+OPTIMISER_OPTIONS = ("t_weight_decay", "t_lr")
+
+
 def model_config(package: dict, source: str = "checkpoint") -> dict:
     """mss model config (``_target_`` + keyword arguments) of a reference package."""
     target = CLASSES[package["klass"].reference_path]
@@ -111,6 +119,9 @@ def model_config(package: dict, source: str = "checkpoint") -> dict:
     names = [n for n in params if n != "self"]
     kwargs = dict(zip(names, package.get("args") or ()))
     kwargs.update(package["kwargs"])
+    for key in [k for k in OPTIMISER_OPTIONS if k in kwargs]:
+        log.info("%s: %s=%r is an optimiser setting, not part of the network: give it with module.param_groups "
+                 "(experiment=finetune sets the transformer's weight decay)", source, key, kwargs.pop(key))
     for key in [k for k in kwargs if k not in params]:
         warnings.warn(f"{source}: dropping constructor argument {key}={kwargs[key]!r} unknown to {target}",
                       stacklevel=2)
@@ -156,7 +167,7 @@ def _member_file(folder: Path, signature: str, bag: Path) -> Path:
 
 
 def import_bag(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """Bag (:class:`~mss.separation.bag.BagOfModels`, eval mode) and its mss config from a reference bag ``.yaml``."""
+    """Bag (:class:`~mss.inference.bag.BagOfModels`, eval mode) and its mss config from a reference bag ``.yaml``."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DemucsImportError(f"{path}: file not found")
@@ -171,7 +182,7 @@ def import_bag(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     weights = spec.get("weights")
     config = {"_target_": BAG_TARGET, "models": [cfg for _, cfg in members],
               "weights": None if weights is None else [[float(w) for w in row] for row in weights]}
-    from mss.separation.bag import BagOfModels
+    from mss.inference.bag import BagOfModels
 
     bag = BagOfModels([net for net, _ in members], weights=config["weights"])
     return bag.eval(), config

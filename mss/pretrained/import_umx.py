@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
+from mss.checkpoint import save_checkpoint
 from mss.models import build_model
-from mss.pretrained import save_checkpoint
 
 __all__ = ["import_umx", "main", "model_config"]
 

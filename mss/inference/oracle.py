@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from mss.audio.spectral import istft, stft
-from mss.separation.wiener import _solve as solve_small
+from mss.audio.wiener import _solve as solve_small
 
 __all__ = ["KINDS", "Oracle"]
 

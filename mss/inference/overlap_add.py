@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from mss.separation.bag import BagOfModels
+from mss.inference.bag import BagOfModels
 
 __all__ = ["apply_model", "chunk_window"]
 
@@ -126,7 +126,7 @@ def apply_model(
             untouched (call ``model.eval()`` first).
         mix: ``(C, T)`` or ``(B, C, T)`` mixture; the output is accumulated on its device.
         segment: chunk length in samples; defaults to ``model.segment_length`` (for a
-            :class:`~mss.separation.bag.BagOfModels`, each member's own).
+            :class:`~mss.inference.bag.BagOfModels`, each member's own).
         overlap: fraction of a chunk shared with the next one, in ``[0, 1)``.
         batch_size: most chunks per model call.
         shifts: if > 0, average over ``shifts`` random time shifts in ``[0, max_shift)`` (the Demucs shift trick);

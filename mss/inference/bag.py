@@ -2,10 +2,10 @@
 
 Shape legend: ``B`` batch, ``S`` sources, ``C`` channels, ``T`` samples, ``M`` member models.
 
-A bag is an ordinary network for the rest of mss: its config is ``{_target_: mss.separation.bag.BagOfModels,
+A bag is an ordinary network for the rest of mss: its config is ``{_target_: mss.inference.bag.BagOfModels,
 models: [<member config>, ...], weights: [[...], ...]}`` (Hydra builds the members recursively), its weights live
 under ``models.<i>.`` in the state dict, so ``mss.load_model``, ``mss.evaluate`` and ``mss.separate`` need nothing
-special. On full tracks :func:`mss.separation.apply.apply_model` runs every member through overlap-add with the
+special. On full tracks :func:`mss.inference.overlap_add.apply_model` runs every member through overlap-add with the
 member's own ``segment_length`` before combining (members may be trained on different segment lengths).
 
 Uses: an ensemble of checkpoints (uniform weights), or the four per-source fine-tuned models of HT Demucs ``ft``
@@ -15,11 +15,12 @@ Uses: an ensemble of checkpoints (uniform weights), or the four per-source fine-
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["BagOfModels"]
+__all__ = ["BagOfModels", "bag_weights"]
 
 
 def _attribute(model: nn.Module, key: str):
@@ -76,3 +77,18 @@ class BagOfModels(nn.Module):
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         """``(B, C, T)`` mixture → ``(B, S, C, T)``; inputs must fit every member (full tracks: ``apply_model``)."""
         return self.combine([model(mix) for model in self.models])
+
+
+def bag_weights(spec: Any, n_models: int, sources: Sequence[str]) -> list[list[float]]:
+    """The ``(members, sources)`` weight matrix of a bag from ``uniform`` (every member counts equally for every
+    source), ``identity`` (member ``i`` alone gives source ``i``: per-source fine-tuned models) or a matrix."""
+    if spec == "uniform":
+        return [[1.0] * len(sources) for _ in range(n_models)]
+    if spec == "identity":
+        if n_models != len(sources):
+            raise ValueError(f"weights=identity needs one checkpoint per source ({len(sources)}: {sources}), got "
+                             f"{n_models}")
+        return [[float(i == j) for j in range(len(sources))] for i in range(n_models)]
+    if isinstance(spec, str):
+        raise ValueError(f"weights={spec!r}: expected uniform, identity or a (models, sources) matrix")
+    return [[float(v) for v in row] for row in spec]

@@ -1,15 +1,15 @@
 """Excerpts of unlabeled mixtures where one source is silent (Demucs 2019 unlabeled remixing), see
-:mod:`mss.data.unlabeled`.
+:mod:`mss.unlabeled`.
 
 Commands (``key=value`` arguments)::
 
     # oracle detector on supervised stems (MUSDB layout): relative volume <= threshold_db
-    python -m mss.data.extract_silent input=DIR out=INDEX_DIR detector=energy [threshold_db=-30 min_duration=5]
+    python -m mss.unlabeled.extract_silent input=DIR out=INDEX_DIR detector=energy [threshold_db=-30 min_duration=5]
     # train the per-frame presence classifier on a supervised set, then extract from unlabeled mixtures
-    python -m mss.data.extract_silent train root=MUSDB_DIR out=detector.pt [steps=300 valid_tracks=musdb]
-    python -m mss.data.extract_silent input=MIXES_DIR out=INDEX_DIR detector=classifier detector_path=detector.pt
+    python -m mss.unlabeled.extract_silent train root=MUSDB_DIR out=detector.pt [steps=300 valid_tracks=musdb]
+    python -m mss.unlabeled.extract_silent input=MIXES_DIR out=INDEX_DIR detector=classifier detector_path=detector.pt
     # precision / recall of an index against the stems of the same tracks
-    python -m mss.data.extract_silent score input=DIR index=INDEX_DIR
+    python -m mss.unlabeled.extract_silent score input=DIR index=INDEX_DIR
 
 Extraction is resumable: inputs already processed with the same detector and settings are skipped. The index
 (``INDEX_DIR/index.json``) feeds training with ``module/unlabeled=remix module.unlabeled.dataset.index=INDEX_DIR``.
@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from mss.data import unlabeled as U
+from mss import unlabeled as U
 
 
 @dataclass
