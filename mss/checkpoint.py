@@ -17,10 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from mss.models import build_model
 from mss.utils import atomic_write, git_revision
 
-__all__ = ["CheckpointError", "audio_constants", "checkpoint_config", "load_model", "load_net_weights",
+__all__ = ["CheckpointError", "audio_constants", "build_model", "checkpoint_config", "load_model", "load_net_weights",
            "model_from_checkpoint", "read_checkpoint", "save_checkpoint"]
 
 PREFIX = "net."  # the SeparationModule attribute holding the network
@@ -28,6 +27,21 @@ PREFIX = "net."  # the SeparationModule attribute holding the network
 
 class CheckpointError(ValueError):
     """A file is not a readable mss checkpoint, or does not fit the network it is loaded into."""
+
+
+def build_model(config: Any) -> nn.Module:
+    """Instantiate a network from a (resolved) model config with a ``_target_`` (what checkpoints store)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.is_config(config):
+        config = OmegaConf.create(config)
+    if "_target_" not in config:
+        raise ValueError(f"model config has no _target_: {OmegaConf.to_yaml(config)}")
+    net = instantiate(config, _convert_="all")
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"model config {config._target_} built a {type(net).__name__}, expected an nn.Module")
+    return net
 
 
 def checkpoint_config(model: Mapping, data: Mapping) -> dict:

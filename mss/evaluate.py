@@ -36,10 +36,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from mss.audio.io import save_audio
-from mss.checkpoint import model_from_checkpoint, read_checkpoint
+from mss.checkpoint import build_model, model_from_checkpoint, read_checkpoint
 from mss.inference.overlap_add import apply_model
 from mss.metrics import aggregate, evaluate_track, nsdr, read_track_json, save_track_json
-from mss.models import build_model
 from mss.report import plot_boxes, plot_track_bars, print_table, results_table, write_results
 from mss.run import CONF_DIR, compose, save_run_info
 from mss.utils import atomic_write_text

@@ -26,9 +26,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mss import ddp
-from mss.checkpoint import checkpoint_config
+from mss.checkpoint import build_model, checkpoint_config
 from mss.lightning.resume import AtomicCheckpointIO, RNGState
-from mss.models import build_model
 from mss.run import CONF_DIR, save_run_info
 
 log = logging.getLogger("mss.train")

@@ -122,7 +122,7 @@ def child_attention(args) -> dict:
 def child_model(args) -> dict:
     import torch
 
-    from mss.models import build_model
+    from mss.checkpoint import build_model
     from mss.run import compose
 
     device = torch.device(args.device)

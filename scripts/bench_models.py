@@ -174,7 +174,7 @@ def bench_case(case: Case, seconds: float, device: torch.device, repeats: int, b
                clock: str = "wall", profile: bool = False) -> dict:
     from omegaconf import OmegaConf
 
-    from mss.models import build_model
+    from mss.checkpoint import build_model
     from mss.run import compose
 
     overrides = [o.format(seconds=seconds) for o in case.overrides]

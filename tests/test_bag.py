@@ -7,10 +7,9 @@ import torch
 from omegaconf import OmegaConf
 
 from mss import load_model
-from mss.checkpoint import read_checkpoint, save_checkpoint
+from mss.checkpoint import build_model, read_checkpoint, save_checkpoint
 from mss.inference.bag import BagOfModels
 from mss.inference.overlap_add import apply_model
-from mss.models import build_model
 from mss.run import compose
 from tests.conftest import TINY_MODEL
 

@@ -9,8 +9,8 @@ import copy
 import pytest
 import torch
 
+from mss.checkpoint import build_model
 from mss.losses import WaveformL1
-from mss.models import build_model
 from mss.models.blocks import BLSTM, DConv, LocalState, center_trim, rescale_module
 from mss.models.demucs import Demucs, DemucsV2
 from mss.run import compose

@@ -15,11 +15,10 @@ from torch import nn
 from mss import load_model
 from mss.bag import build_bag
 from mss.bag import main as bag_main
-from mss.checkpoint import CheckpointError
+from mss.checkpoint import CheckpointError, build_model
 from mss.inference.overlap_add import apply_model
 from mss.lightning.module import SeparationModule
 from mss.losses import WaveformL1
-from mss.models import build_model
 from mss.run import compose
 from tests.conftest import TINY_TRAIN
 

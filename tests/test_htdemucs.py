@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mss.checkpoint import build_model
 from mss.losses import WaveformL1
-from mss.models import build_model
 from mss.models.hdemucs import HDemucs
 from mss.models.htdemucs import HTDemucs
 from mss.run import compose

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mss import load_model
+from mss.checkpoint import build_model
 from mss.losses import SpectrogramMSE
-from mss.models import build_model
 from mss.models.openunmix import OpenUnmix, bandwidth_to_max_bin
 from mss.pretrained.import_umx import main
 from mss.run import compose

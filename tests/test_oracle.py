@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mss.checkpoint import build_model
 from mss.inference.oracle import Oracle
 from mss.metrics import nsdr
-from mss.models import build_model
 from mss.run import compose
 
 ORACLES = ["oracle_irm1", "oracle_irm2", "oracle_ibm1", "oracle_ibm2", "oracle_mwf", "oracle_mix"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mss.checkpoint import build_model
 from mss.losses import CombinedLoss, MultiResolutionSTFTL1, WaveformL1
-from mss.models import build_model
 from mss.models.bs_roformer import PAPER_BANDS, BSRoformer, contiguous_bands
 from mss.models.mel_roformer import MelRoformer, mel_bands
 from mss.run import compose

@@ -11,9 +11,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from mss import load_model
-from mss.checkpoint import CheckpointError
+from mss.checkpoint import CheckpointError, build_model
 from mss.losses import SpectrogramL1, WaveformL1
-from mss.models import build_model
 from mss.run import CONF_DIR, compose
 from mss.train import train
 from tests._overfit import SOURCES, assert_overfits, toy_batch

@@ -102,7 +102,7 @@ def test_unlabeled_items_and_extra_step_changes_the_weights(oracle_index):
     with pytest.raises(ValueError, match="no excerpt of at least 60.0 s"):
         U.UnlabeledExcerpts(oracle_index, SOURCES, segment=60.0, sample_rate=44100, channels=2)
 
-    from mss.models import build_model
+    from mss.checkpoint import build_model
 
     cfg = compose("train", ["paths.output_dir=unused", *TINY_MODEL])
     module = SeparationModule(build_model(cfg.model), WaveformL1(), lambda params: torch.optim.Adam(params, lr=1e-3),

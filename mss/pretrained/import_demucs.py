@@ -35,8 +35,7 @@ import torch
 import yaml
 from torch import nn
 
-from mss.checkpoint import save_checkpoint
-from mss.models import build_model
+from mss.checkpoint import build_model, save_checkpoint
 
 log = logging.getLogger("mss.import_demucs")
 

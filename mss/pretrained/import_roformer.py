@@ -27,8 +27,7 @@ from typing import Any
 
 import torch
 
-from mss.checkpoint import save_checkpoint
-from mss.models import build_model
+from mss.checkpoint import build_model, save_checkpoint
 
 __all__ = ["convert_state_dict", "import_roformer", "load_msst_yaml", "main", "model_config"]
 

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mss.checkpoint import save_checkpoint
-from mss.models import build_model
+from mss.checkpoint import build_model, save_checkpoint
 
 __all__ = ["import_umx", "main", "model_config"]
 
