@@ -287,27 +287,27 @@ def test_pooled_batch_storage_is_reused_once_the_main_process_drops_it(monkeypat
 
     import torch.multiprocessing  # noqa: F401  (registers torch's shared-memory reductions)
 
-    from mss.data import datamodule
+    from mss.data import batch_pool
 
-    monkeypatch.setattr(datamodule, "_pool", [])
+    monkeypatch.setattr(batch_pool, "_pool", [])
     monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
     shape = (2, 4, 2, 100)
-    batch = datamodule._empty_batch(shape, torch.int16)
-    shipped = datamodule.collate(batch)
-    assert isinstance(shipped, datamodule.PooledBatch) and batch.is_shared()
+    batch = batch_pool.empty_batch(shape, torch.int16)
+    shipped = batch_pool.collate(batch)
+    assert isinstance(shipped, batch_pool.PooledBatch) and batch.is_shared()
     received = ForkingPickler.loads(ForkingPickler.dumps(shipped))
     assert type(received) is torch.Tensor and received.shape == shape
     pointer = batch.data_ptr()
     del batch, shipped
-    in_use = [datamodule._empty_batch(shape, torch.int16) for _ in range(datamodule._POOL_SLOTS - 1)]
+    in_use = [batch_pool.empty_batch(shape, torch.int16) for _ in range(batch_pool.POOL_SLOTS - 1)]
     assert pointer not in {b.data_ptr() for b in in_use}  # not free while the main process holds it
-    full = datamodule._empty_batch(shape, torch.int16)  # pool full, nothing free: a fresh, unpooled storage
-    assert type(datamodule.collate(full)) is torch.Tensor and full.is_shared()
+    full = batch_pool.empty_batch(shape, torch.int16)  # pool full, nothing free: a fresh, unpooled storage
+    assert type(batch_pool.collate(full)) is torch.Tensor and full.is_shared()
     del received  # main process done with the batch: its storage is free again
-    assert datamodule._empty_batch(shape, torch.int16).data_ptr() == pointer
-    monkeypatch.setattr(datamodule, "_pool", [])
-    floats = datamodule._empty_batch(shape, torch.float32)  # float32 batches (repitch) are pooled alike
-    assert isinstance(datamodule.collate(floats), datamodule.PooledBatch) and len(datamodule._pool) == 1
+    assert batch_pool.empty_batch(shape, torch.int16).data_ptr() == pointer
+    monkeypatch.setattr(batch_pool, "_pool", [])
+    floats = batch_pool.empty_batch(shape, torch.float32)  # float32 batches (repitch) are pooled alike
+    assert isinstance(batch_pool.collate(floats), batch_pool.PooledBatch) and len(batch_pool._pool) == 1
 
 
 @pytest.mark.parametrize("workers,int16", [(1, True), (2, True), (2, False)])

@@ -17,7 +17,8 @@ import torch
 
 import mss.platform
 from mss.data import tracks
-from mss.data.datamodule import MSSDataModule, tune_worker_allocator
+from mss.data.batch_pool import tune_worker_allocator
+from mss.data.datamodule import MSSDataModule
 from mss.platform import allocator, fileio, process
 from tests.conftest import TINY_TRAIN
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mss.data.datamodule import BatchStream, EpochSampler
+from mss.data.sampling import BatchStream, EpochSampler
 from mss.lightning.resume import random_streams
 from tests.conftest import TINY_LOSS, TINY_MODELS, TINY_RUN, TINY_TRAIN
 

@@ -13,14 +13,31 @@ from omegaconf import OmegaConf
 from mss import load_model
 from mss.checkpoint import CheckpointError, build_model
 from mss.losses import SpectrogramL1, WaveformL1
+from mss.models.base import Separator
 from mss.run import CONF_DIR, compose
 from mss.train import train
 from tests._overfit import SOURCES, assert_overfits, toy_batch
 from tests.conftest import TINY_MODEL, tiny_overrides
 
+ALL_MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 # oracles need the true stems (forward(mix, stems)): tests/test_oracle.py
-MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if not p.stem.startswith("oracle_"))
+MODELS = [name for name in ALL_MODELS if not name.startswith("oracle_")]
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_model_config_implements_the_separator_contract(name):
+    """The contract's attributes (mss.models.base.Separator) agree with the data node the model was built from."""
+    cfg = compose("train", [f"model={name}", "paths.output_dir=unused"])
+    net = build_model(cfg.model)
+    assert isinstance(net, Separator)
+    assert (net.sources, net.sample_rate, net.audio_channels) == (
+        list(cfg.data.sources), cfg.data.sample_rate, cfg.data.channels)
+    assert net.segment_length is None or (isinstance(net.segment_length, int) and net.segment_length > 0)
+    wrong = torch.zeros(1, cfg.data.channels + 1, 1000)  # a mixture with one channel too many
+    stems = [wrong[:, None].expand(-1, len(net.sources), -1, -1)] if name.startswith("oracle_") else []
+    with pytest.raises(ValueError, match=r"expected mixture waveform \(B, C, T\) with C="):
+        net(wrong, *stems)
 
 
 @pytest.mark.parametrize("name", MODELS)

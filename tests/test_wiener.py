@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mss.audio.wiener import _solve, wiener
+from mss.audio.wiener import solve_small, wiener
 
 
 def _random_problem(batch: int = 2, sources: int = 3, channels: int = 2, freqs: int = 9, frames: int = 40,
@@ -160,8 +160,8 @@ def test_closed_form_solve_matches_linalg() -> None:
     b = torch.complex(torch.randn(50, 2, generator=g, dtype=torch.float64),
                       torch.randn(50, 2, generator=g, dtype=torch.float64))
     expected = torch.linalg.solve(a, b.unsqueeze(-1)).squeeze(-1)
-    torch.testing.assert_close(_solve(a, b), expected)
-    torch.testing.assert_close(_solve(a[:, :1, :1], b[:, :1]), b[:, :1] / a[:, :1, 0])
+    torch.testing.assert_close(solve_small(a, b), expected)
+    torch.testing.assert_close(solve_small(a[:, :1, :1], b[:, :1]), b[:, :1] / a[:, :1, 0])
 
 
 def test_bad_inputs() -> None:

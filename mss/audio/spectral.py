@@ -34,7 +34,8 @@ def hann_window(n_fft: int, device: torch.device | str | None = None,
     return window
 
 
-def stft(x: Tensor, n_fft: int, hop_length: int, center: bool = True, pad_mode: str = "constant") -> Tensor:
+def stft(x: Tensor, n_fft: int, hop_length: int, center: bool = True, pad_mode: str = "constant",
+         normalized: bool = False) -> Tensor:
     """Complex STFT of a real signal.
 
     Args:
@@ -44,6 +45,7 @@ def stft(x: Tensor, n_fft: int, hop_length: int, center: bool = True, pad_mode: 
         center: pad ``n_fft // 2`` samples on both sides so frame ``n`` is centred on sample ``n * hop``.
         pad_mode: padding used when ``center`` (``"constant"`` = zeros, works for any ``T``; ``"reflect"``
             needs ``T > n_fft // 2``).
+        normalized: scale by ``n_fft ** -0.5`` (the hybrid Demucs convention; :func:`istft` must match).
 
     Returns:
         complex spectrogram ``(..., F, N)`` with ``F = n_fft // 2 + 1``.
@@ -53,11 +55,12 @@ def stft(x: Tensor, n_fft: int, hop_length: int, center: bool = True, pad_mode: 
     lead, length = x.shape[:-1], x.shape[-1]
     window = hann_window(n_fft, x.device, x.dtype)
     spec = torch.stft(x.reshape(-1, length), n_fft=n_fft, hop_length=hop_length, window=window,
-                      center=center, pad_mode=pad_mode, return_complex=True)
+                      center=center, pad_mode=pad_mode, normalized=normalized, return_complex=True)
     return spec.reshape(*lead, *spec.shape[-2:])
 
 
-def istft(spec: Tensor, n_fft: int, hop_length: int, length: int, center: bool = True) -> Tensor:
+def istft(spec: Tensor, n_fft: int, hop_length: int, length: int, center: bool = True,
+          normalized: bool = False) -> Tensor:
     """Inverse of :func:`stft` (exact up to float precision for Hann with ``hop_length <= n_fft // 2``).
 
     Args:
@@ -65,6 +68,7 @@ def istft(spec: Tensor, n_fft: int, hop_length: int, length: int, center: bool =
         n_fft, hop_length, center: as used for the forward transform (``center=False`` is rejected by
             :func:`torch.istft` for Hann, whose first window sample is 0).
         length: number of output samples ``T`` (output is cropped / zero-padded to it).
+        normalized: the forward transform was ``normalized``.
 
     Returns:
         real waveform ``(..., T)``.
@@ -74,7 +78,7 @@ def istft(spec: Tensor, n_fft: int, hop_length: int, length: int, center: bool =
     lead = spec.shape[:-2]
     window = hann_window(n_fft, spec.device, spec.real.dtype)
     wav = torch.istft(spec.reshape(-1, *spec.shape[-2:]), n_fft=n_fft, hop_length=hop_length,
-                      window=window, center=center, length=length)
+                      window=window, center=center, normalized=normalized, length=length)
     return wav.reshape(*lead, length)
 
 

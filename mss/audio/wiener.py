@@ -108,12 +108,12 @@ def _em_step(y: Tensor, x: Tensor, eps: float) -> Tensor:
     vc = v.to(r.dtype)
     cxx = torch.einsum("bsfn,bsfcd->bfncd", vc, r)  # B F N C C
     cxx = cxx + math.sqrt(eps) * torch.eye(channels, dtype=cxx.dtype, device=cxx.device)
-    z = _solve(cxx, torch.einsum("bcfn->bfnc", x))  # C_xx^-1 x : B F N C
+    z = solve_small(cxx, torch.einsum("bcfn->bfnc", x))  # C_xx^-1 x : B F N C
     rz = torch.einsum("bsfcd,bfnd->bscfn", r, z)  # R_j C_xx^-1 x : B S C F N
     return vc.unsqueeze(2) * rz
 
 
-def _solve(a: Tensor, b: Tensor) -> Tensor:
+def solve_small(a: Tensor, b: Tensor) -> Tensor:
     """Solve ``a z = b`` for batched ``a``: ``(..., C, C)``, ``b``: ``(..., C)`` -> ``z``: ``(..., C)``.
 
     Closed form for ``C = 1`` and ``C = 2`` (fast and exact in the small-matrix case), LU solve otherwise.

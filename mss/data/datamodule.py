@@ -7,7 +7,7 @@ float32 on the training device; they leave the loader workers as int16 when that
 one whole track at a time (``{"name", "mixture": (1, C, T), "stems": (1, S, C, T)}``).
 
 Distributed and resumable: the training order is a function of ``(seed, epoch)`` only, and each example's random
-excerpt a function of ``(seed, epoch, position)`` (:class:`EpochSampler`), so it does not depend on the number of
+excerpt a function of ``(seed, epoch, position)`` (:mod:`mss.data.sampling`), so it does not depend on the number of
 workers or ranks; ranks take interleaved positions of one global order (a global batch is the same examples whatever
 the world size), validation/test tracks are split across ranks, and the position within an epoch is saved in
 checkpoints (:meth:`MSSDataModule.state_dict`) so a run resumed mid-epoch continues with the very next batch.
@@ -15,248 +15,26 @@ checkpoints (:meth:`MSSDataModule.state_dict`) so a run resumed mid-epoch contin
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
-import weakref
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader
 
+from mss.data.batch_pool import collate, tune_worker_allocator
 from mss.data.datasets import SegmentDataset, TrackDataset
+from mss.data.sampling import EpochSampler, SeededDataset
 from mss.data.tracks import DatasetError, Track, decode_stems, find_tracks, is_pcm16, read_track_list
-from mss.platform.allocator import tune_allocator
-from mss.platform.shm import has_shared_memory, shared_storage
+from mss.platform.shm import has_shared_memory
 
 FORMATS = ("wav", "flac", "stems")
 SYNTH_FLAGS = ("generate", "overwrite")  # keys of data.synth that are not generation parameters
 
 log = logging.getLogger("mss.data")
-
-
-class EpochSampler(Sampler):
-    """Deterministic, resumable, rank-sharded order of the training examples.
-
-    Epoch ``e`` visits a permutation of ``range(n)`` drawn from ``(seed, e)``; rank ``r`` of ``world_size`` takes
-    positions ``r, r + W, r + 2W, ...`` (``n // W`` each). It yields ``(index, item_seed)`` pairs, ``item_seed`` a
-    function of ``(seed, epoch, position)`` that :class:`SeededDataset` uses for the example's own randomness.
-    :meth:`resume` makes the next iteration of that epoch start ``skip`` examples (this rank's) later.
-    """
-
-    def __init__(self, n: int, *, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"EpochSampler: rank {rank} is not in [0, {world_size})")
-        if n < world_size:
-            raise ValueError(f"EpochSampler: {n} examples cannot be split over {world_size} ranks")
-        self.n, self.seed, self.rank, self.world_size, self.shuffle = n, int(seed), rank, world_size, shuffle
-        self.epoch, self._skip = 0, 0
-
-    def __len__(self) -> int:
-        return self.n // self.world_size
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning before every epoch."""
-        self.epoch = int(epoch)
-
-    def resume(self, epoch: int, skip: int) -> None:
-        self.epoch, self._skip = int(epoch), int(skip)
-
-    def __iter__(self):
-        epoch, skip, self._skip = self.epoch, self._skip, 0
-        order = self._order(epoch)
-        for position in range(self.rank + skip * self.world_size, len(self) * self.world_size, self.world_size):
-            yield self._item(order, epoch, position)
-
-    def _order(self, epoch: int) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(self.n, generator=generator).tolist() if self.shuffle else list(range(self.n))
-
-    def _item(self, order: list[int], epoch: int, position: int) -> tuple[int, int]:
-        """``(index, item_seed)`` at global ``position`` of the epoch."""
-        return order[position], int(np.random.SeedSequence((self.seed, epoch, position)).generate_state(1)[0])
-
-    def batch(self, epoch: int, batch: int, batch_size: int) -> list[tuple[int, int]]:
-        """The ``(index, item_seed)`` pairs of this rank's batch ``batch`` (counted from the start of ``epoch``,
-        resumed or not) of ``batch_size`` examples: what :meth:`__iter__` yielded for it."""
-        order, first = self._order(epoch), batch * batch_size
-        return [self._item(order, epoch, self.rank + (first + j) * self.world_size) for j in range(batch_size)]
-
-
-class SeededDataset(Dataset):
-    """Wraps a dataset whose items draw from torch's global generator: item ``(index, seed)`` is drawn with the
-    generator seeded by ``seed`` (in a forked RNG state, so the caller's random stream is left untouched); a plain
-    ``index`` reads the wrapped dataset as it is.
-
-    Batches (:meth:`__getitems__`, which the DataLoader calls with a whole batch of indices) are written in place:
-    when the wrapped dataset has ``item_shape`` and ``read(index, out)``, one ``(B, *item_shape)`` tensor is
-    allocated (in shared memory inside a loader worker, where the default collate would have copied the items to;
-    from the workers' pool of reused storages when ``pool``, see :func:`_empty_batch`) and every example is read
-    straight into its row; :func:`collate` passes it through."""
-
-    def __init__(self, dataset: Dataset, pool: bool = True):
-        self.dataset, self.pool = dataset, pool
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, item: int | tuple[int, int]):
-        if not isinstance(item, tuple):
-            return self.dataset[item]
-        index, seed = item
-        with _seeded(seed):
-            return self.dataset[index]
-
-    def __getitems__(self, items: list) -> torch.Tensor | list:
-        shape = getattr(self.dataset, "item_shape", None)
-        if shape is None or not all(isinstance(item, tuple) for item in items):
-            return [self[item] for item in items]
-        batch = _empty_batch((len(items), *shape), getattr(self.dataset, "item_dtype", torch.float32), self.pool)
-        for row, (index, seed) in zip(batch, items):
-            with _seeded(seed):
-                self.dataset.read(index, out=row)  # type: ignore[attr-defined]
-        return batch
-
-    def describe(self, item: tuple[int, int]) -> str:
-        """Where example ``(index, seed)`` comes from (the wrapped dataset's ``describe``, in the same seeded
-        state as the read)."""
-        index, seed = item
-        with _seeded(seed):
-            return self.dataset.describe(index)  # type: ignore[attr-defined]
-
-
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """torch's CPU generator seeded by ``seed`` inside, restored after (``torch.manual_seed`` would also queue a
-    lazy CUDA seed with a stack trace: ~1 ms per item)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        yield
-
-
-class BatchStream:
-    """Endless batches of ``dataset``: :class:`EpochSampler` epochs one after the other, each example drawn with
-    its own seed (:class:`SeededDataset`), so the stream is a function of ``(seed, epoch, batch)`` alone (not of
-    torch's global generator or the loader workers) and :meth:`get_state` / :meth:`set_state` resume it exactly
-    (a :class:`mss.lightning.resume.RandomStream`). Under DDP each rank takes its share of every epoch.
-    ``next(stream)``: the next collated batch."""
-
-    def __init__(self, dataset: Dataset, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0):
-        self.sampler = EpochSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)  # type: ignore
-        self.loader = DataLoader(SeededDataset(dataset), batch_size=batch_size, sampler=self.sampler,
-                                 num_workers=num_workers, persistent_workers=num_workers > 0,
-                                 generator=torch.Generator().manual_seed(seed))
-        self.epoch, self.batches, self._iter = 0, 0, None
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        for _ in range(2):
-            if self._iter is None:
-                self.sampler.resume(self.epoch, self.batches * self.loader.batch_size)
-                self._iter = iter(self.loader)
-            try:
-                batch = next(self._iter)
-            except StopIteration:
-                self.epoch, self.batches, self._iter = self.epoch + 1, 0, None
-                continue
-            self.batches += 1
-            return batch
-        raise RuntimeError(f"BatchStream: {type(self.loader.dataset.dataset).__name__} yields no batch")
-
-    def get_state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches": self.batches}
-
-    def set_state(self, state: dict[str, int]) -> None:
-        self.epoch, self.batches, self._iter = int(state["epoch"]), int(state["batches"]), None
-
-
-_POOL_SLOTS = 4  # pooled storages per worker: its prefetch_factor=2 batches in flight + those the consumer holds
-_FLAG_BYTES = 64  # trailing bytes of a pooled storage; the first is its flag (0: in use, 1: free)
-_pool: list[tuple[torch.UntypedStorage, torch.Tensor]] = []  # this worker's pooled storages and their flag bytes
-
-
-def _empty_batch(shape: tuple[int, ...], dtype: torch.dtype, pool: bool = True) -> torch.Tensor:
-    """Uninitialised tensor, in shared memory when called in a DataLoader worker with ``pool`` (sent to the main
-    process without a copy, as the default collate does); a plain tensor otherwise (which the DataLoader moves to
-    shared memory itself when it sends it from a worker: ``pool=False`` is the fallback where the platform cannot
-    share memory, :func:`mss.platform.shm.has_shared_memory`).
-
-    With ``pool``, in a worker, batches reuse a small per-worker pool of shared-memory storages: writing into pages
-    already mapped costs ~2 ms per 44 MB batch, a fresh storage ~25-30 ms of first-touch page faults here (more than
-    reading the examples). A storage is reused once the main process has dropped the batch it held (:func:`collate`
-    ships it as :class:`PooledBatch`, whose unpickling there attaches the release to the received tensor's garbage
-    collection; a view of the batch, or autograd saving it or a view of it for backward, keeps that tensor alive);
-    when no pooled storage is free and the pool is full, a fresh one is made as before, so nothing ever waits for the
-    consumer, and the pool never holds more storages than were in use at once. Whoever keeps the memory of a
-    training batch without a tensor view of it (``batch.numpy()``, ``batch.untyped_storage()``) after dropping the
-    batch must ``clone()`` it: the worker refills that memory."""
-    if not pool or torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    nbytes = dtype.itemsize * math.prod(shape)
-    slot = next((slot for slot in _pool if slot[0].nbytes() == nbytes + _FLAG_BYTES and slot[1].item()), None)
-    if slot is None and len(_pool) < _POOL_SLOTS:
-        storage = shared_storage(nbytes + _FLAG_BYTES)
-        slot = (storage, _flag(storage, nbytes))
-        _pool.append(slot)
-    if slot is None:
-        return torch.empty(0, dtype=dtype).set_(shared_storage(nbytes), 0, shape)
-    slot[1].fill_(0)
-    return torch.empty(0, dtype=dtype).set_(slot[0], 0, shape)
-
-
-def _flag(storage: torch.UntypedStorage, offset: int) -> torch.Tensor:
-    """The pool flag of ``storage`` (one uint8 at byte ``offset``, after the batch) as a one-element tensor."""
-    return torch.empty(0, dtype=torch.uint8).set_(storage, offset, (1,))
-
-
-class PooledBatch:
-    """A batch in a pooled shared-memory storage, as a loader worker hands it to the result queue. Pickling it
-    (the DataLoader's ForkingPickler) sends the tensor as usual, and unpickling in the main process yields the
-    plain tensor through :func:`_attach_release`."""
-
-    def __init__(self, tensor: torch.Tensor):
-        self.tensor = tensor
-
-    def __reduce__(self):
-        return _attach_release, (self.tensor,)
-
-
-def _attach_release(tensor: torch.Tensor) -> torch.Tensor:
-    """Main-process side of :class:`PooledBatch`: returns ``tensor`` (a plain Tensor for pin_memory, Lightning and
-    user code) and sets its storage's pool flag to free once that tensor is garbage-collected. Views and autograd's
-    saved tensors keep it alive (numpy arrays and bare storages do not: see :func:`_empty_batch`). When the worker
-    refills the storage, torch's receive-side cache (keyed by the shared-memory file) may hand back the storage
-    object still mapped here: it is the same memory, so the new batch reads correctly."""
-    finalizer = weakref.finalize(tensor, _flag(tensor.untyped_storage(), tensor.nbytes).fill_, 1)
-    finalizer.atexit = False
-    return tensor
-
-
-def collate(batch):
-    """The DataLoader's ``collate_fn``: a batch already built by :meth:`SeededDataset.__getitems__` passes
-    through (inside a worker, wrapped in :class:`PooledBatch` when it lies in a pooled storage, so that the main
-    process releases the storage when done with it; the main process receives the plain tensor), anything else
-    goes to torch's default collate."""
-    if not isinstance(batch, torch.Tensor):
-        return default_collate(batch)
-    pooled = any(s.data_ptr() == batch.untyped_storage().data_ptr() for s, _ in _pool)
-    return PooledBatch(batch) if pooled else batch
-
-
-def tune_worker_allocator(worker_id: int = 0) -> None:
-    """``worker_init_fn`` of the training loader: keep freed heap memory in the worker for reuse
-    (:func:`mss.platform.allocator.tune_allocator`, glibc ``mallopt``) instead of returning it to the OS. The loader
-    allocates and frees tens of MB per example (repitch: ~20 arrays of ~30 MB); fresh pages cost a page fault each,
-    which measured 1.4x the repitch time. No effect where glibc is not the allocator."""
-    tune_allocator()
 
 
 class MSSDataModule(L.LightningDataModule):
@@ -284,8 +62,8 @@ class MSSDataModule(L.LightningDataModule):
         segment_margin: seconds read beyond ``segment`` for batch augmentations that shorten the excerpt (the
             ``Shift`` of ``augment=demucs``), so the network still trains on ``segment`` seconds.
         batch_pool: loader workers write training batches into a pool of reused shared-memory buffers (see
-            :func:`_empty_batch`); only with ``num_workers > 0``, and only where torch can share memory (else plain
-            tensors, logged once: :mod:`mss.platform.shm`).
+            :mod:`mss.data.batch_pool`); only with ``num_workers > 0``, and only where torch can share memory (else
+            plain tensors, logged once: :mod:`mss.platform.shm`).
     """
 
     def __init__(self, *, root: str | None, sources: list[str], sample_rate: int = 44100, channels: int = 2,

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mss.models.base import Separator
+
 __all__ = ["BagOfModels", "bag_weights"]
 
 
@@ -28,7 +30,7 @@ def _attribute(model: nn.Module, key: str):
     return list(value) if key == "sources" and value is not None else value
 
 
-class BagOfModels(nn.Module):
+class BagOfModels(Separator):
     """Per-source weighted average of member separators.
 
     Args:
@@ -39,7 +41,6 @@ class BagOfModels(nn.Module):
     """
 
     def __init__(self, models: Sequence[nn.Module], weights: Sequence[Sequence[float]] | None = None):
-        super().__init__()
         if len(models) == 0:
             raise ValueError("BagOfModels needs at least one model")
         first = models[0]
@@ -51,10 +52,10 @@ class BagOfModels(nn.Module):
                 if value != values[0]:
                     raise ValueError(f"BagOfModels: member {i} has {key}={value!r}, member 0 has {values[0]!r}; "
                                      "members must agree")
+        lengths = [getattr(m, "segment_length", None) for m in models]
+        known = [int(n) for n in lengths if n is not None]
+        super().__init__(first.sources, first.audio_channels, first.sample_rate, min(known) if known else None)
         self.models = nn.ModuleList(models)
-        self.sources = list(first.sources)
-        self.sample_rate = int(first.sample_rate)
-        self.audio_channels = int(first.audio_channels)
         n_models, n_sources = len(models), len(self.sources)
         w = torch.ones(n_models, n_sources) if weights is None else torch.tensor(weights, dtype=torch.float32)
         if w.shape != (n_models, n_sources):
@@ -64,9 +65,6 @@ class BagOfModels(nn.Module):
             raise ValueError("BagOfModels: weights must be >= 0 with a positive total for every source, got "
                              f"{w.tolist()}")
         self.register_buffer("weights", w, persistent=False)
-        lengths = [getattr(m, "segment_length", None) for m in models]
-        known = [int(n) for n in lengths if n is not None]
-        self.segment_length = min(known) if known else None
 
     def combine(self, estimates: Sequence[torch.Tensor]) -> torch.Tensor:
         """Weighted average of the members' ``(B, S, C, T)`` estimates (in member order) → ``(B, S, C, T)``."""
@@ -76,6 +74,7 @@ class BagOfModels(nn.Module):
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         """``(B, C, T)`` mixture → ``(B, S, C, T)``; inputs must fit every member (full tracks: ``apply_model``)."""
+        self.check_mixture(mix)
         return self.combine([model(mix) for model in self.models])
 
 

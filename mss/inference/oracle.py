@@ -21,17 +21,18 @@ Shape legend: ``B`` batch, ``S`` sources, ``C`` channels, ``T`` samples, ``F`` f
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mss.audio.spectral import istft, stft
-from mss.audio.wiener import _solve as solve_small
+from mss.audio.wiener import solve_small
+from mss.models.base import Separator
 
 __all__ = ["KINDS", "Oracle"]
 
 KINDS = ("irm", "ibm", "mwf", "mix")
 
 
-class Oracle(nn.Module):
+class Oracle(Separator):
     """An oracle "separator": ``forward(mix (B, C, T), stems (B, S, C, T)) -> (B, S, C, T)``.
 
     Args:
@@ -49,19 +50,18 @@ class Oracle(nn.Module):
     def __init__(self, sources: list[str], audio_channels: int = 2, sample_rate: int = 44100, kind: str = "irm",
                  alpha: float = 2.0, theta: float = 0.5, n_fft: int = 2048, mix_gain: float | None = None,
                  eps: float = 1e-10):
-        super().__init__()
+        super().__init__(sources, audio_channels, sample_rate, None)  # whole tracks: cheap, no chunking needed
         if kind not in KINDS:
             raise ValueError(f"model.kind={kind!r}: expected one of {KINDS}")
-        self.sources, self.audio_channels, self.sample_rate = list(sources), int(audio_channels), int(sample_rate)
         self.kind, self.alpha, self.theta, self.n_fft, self.eps = kind, float(alpha), float(theta), int(n_fft), eps
         self.mix_gain = 1.0 / len(self.sources) if mix_gain is None else float(mix_gain)
-        self.segment_length = None  # whole tracks at once: the oracles are cheap and need no chunking
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, alpha={self.alpha}, sources={self.sources}, n_fft={self.n_fft}"
 
     def forward(self, mix: Tensor, stems: Tensor) -> Tensor:
         """Oracle estimates ``(B, S, C, T)`` from the mixture ``(B, C, T)`` and the true stems ``(B, S, C, T)``."""
+        self.check_mixture(mix)
         if stems.dim() != 4 or mix.dim() != 3 or stems.shape[0] != mix.shape[0] or stems.shape[2:] != mix.shape[1:]:
             raise ValueError(f"oracle {self.kind}: expected mix (B, C, T) and stems (B, S, C, T), got "
                              f"{tuple(mix.shape)} and {tuple(stems.shape)}")

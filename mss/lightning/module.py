@@ -159,7 +159,7 @@ class SeparationModule(L.LightningModule):
             return
         import torch.distributed as dist
 
-        from mss.data.datamodule import BatchStream
+        from mss.data.sampling import BatchStream
 
         cfg, seed = self.unlabeled, int(self.unlabeled.get("seed", 0))
         # random streams held here are checkpointed (mss.lightning.resume.RNGState): a resumed run draws the same

@@ -8,7 +8,7 @@ callbacks such as EMA): the random number generators, and checkpoint files that 
 - :class:`AtomicCheckpointIO`: Lightning writes checkpoints in place (truncate, then write); this plug-in writes to a
   temporary file beside the target and renames it, so a crash during a save leaves the previous file loadable.
 
-The data order and position within the epoch are the datamodule's (:class:`mss.data.datamodule.EpochSampler`).
+The data order and position within the epoch are the datamodule's (:class:`mss.data.sampling.EpochSampler`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ from torch import nn
 from mss.audio.spectral import stft
 
 
-def _check(estimates: torch.Tensor, references: torch.Tensor) -> None:
+def check_shapes(estimates: torch.Tensor, references: torch.Tensor) -> None:
+    """The losses' shape contract: ``estimates`` and ``references`` both ``(B, S, C, T)`` (or alike for
+    spectrogram losses); a ``ValueError`` naming both shapes otherwise."""
     if estimates.dim() != 4 or estimates.shape != references.shape:
         raise ValueError(f"loss expects estimates and references shaped (B, S, C, T) alike, got "
                          f"{tuple(estimates.shape)} and {tuple(references.shape)}")
@@ -22,7 +24,7 @@ class WaveformL1(nn.Module):
     """Mean absolute error on waveforms, per source (Demucs)."""
 
     def forward(self, estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-        _check(estimates, references)
+        check_shapes(estimates, references)
         return (estimates - references).abs().mean(dim=(0, 2, 3))
 
 
@@ -30,7 +32,7 @@ class WaveformMSE(nn.Module):
     """Mean squared error on waveforms, per source."""
 
     def forward(self, estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-        _check(estimates, references)
+        check_shapes(estimates, references)
         return (estimates - references).square().mean(dim=(0, 2, 3))
 
 
@@ -46,7 +48,7 @@ class SpectrogramL1(nn.Module):
         self.n_fft, self.hop_length, self.freq_bins = n_fft, hop_length, freq_bins
 
     def forward(self, estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-        _check(estimates, references)
+        check_shapes(estimates, references)
         both = stft(torch.stack([estimates, references]).float(), self.n_fft, self.hop_length).abs()
         if self.freq_bins is not None:
             both = both[..., : self.freq_bins, :]
@@ -66,7 +68,7 @@ class CombinedLoss(nn.Module):
         return sum(self.weights[k] * loss(estimates, references) for k, loss in self.losses.items())
 
 
-# spectral losses of the RoFormer / Open-Unmix recipes (after _check, which they use)
+# spectral losses of the RoFormer / Open-Unmix recipes (after check_shapes, which they use)
 from mss.losses.multires import MultiResolutionSTFTL1, SpectrogramMSE  # noqa: E402
 
 __all__ = ["CombinedLoss", "MultiResolutionSTFTL1", "SpectrogramL1", "SpectrogramMSE", "WaveformL1", "WaveformMSE"]

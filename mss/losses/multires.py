@@ -20,7 +20,7 @@ import torch.nn.functional as F_
 from torch import Tensor, nn
 
 from mss.audio.spectral import stft
-from mss.losses import _check
+from mss.losses import check_shapes
 
 __all__ = ["MultiResolutionSTFTL1", "SpectrogramMSE"]
 
@@ -42,7 +42,7 @@ class MultiResolutionSTFTL1(nn.Module):
         self.windows, self.hop_length, self.min_n_fft = [int(w) for w in windows], hop_length, min_n_fft
 
     def forward(self, estimates: Tensor, references: Tensor) -> Tensor:
-        _check(estimates, references)
+        check_shapes(estimates, references)
         with torch.autocast(estimates.device.type, enabled=False):
             both = torch.stack([estimates, references]).float()
             length = both.shape[-1]
@@ -71,7 +71,7 @@ class SpectrogramMSE(nn.Module):
         self.n_fft, self.hop_length = n_fft, hop_length
 
     def forward(self, estimates: Tensor, references: Tensor) -> Tensor:
-        _check(estimates, references)
+        check_shapes(estimates, references)
         with torch.autocast(estimates.device.type, enabled=False):
             both = stft(torch.stack([estimates, references]).float(), self.n_fft, self.hop_length).abs()
         return F_.mse_loss(both[0], both[1], reduction="none").mean(dim=(0, 2, 3, 4))

@@ -26,17 +26,16 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from mss.models.base import Separator
 from mss.models.blocks import BLSTM, DConv, center_trim, rescale_module
 
 __all__ = ["Demucs", "DemucsV2"]
 
 
-class _WaveUNet(nn.Module):
+class _WaveUNet(Separator):
     """Shared forward of the waveform Demucs models; subclasses build ``encoder``, ``decoder`` (``nn.ModuleList`` of
     ``nn.Sequential``, decoder outermost last), ``lstm`` (or ``None``) and set the geometry attributes."""
 
-    sources: list[str]
-    audio_channels: int
     normalize: bool
     resample: bool
     encoder: nn.ModuleList
@@ -46,17 +45,6 @@ class _WaveUNet(nn.Module):
     stride: int
     depth: int
     _context_loss: int  # time steps lost per decoder layer by unpadded context convolutions
-
-    def _init_meta(self, sources: Sequence[str], audio_channels: int, samplerate: int, segment_length: int) -> None:
-        sources = list(sources)
-        if not sources:
-            raise ValueError("Demucs needs at least one source name")
-        if audio_channels < 1:
-            raise ValueError(f"audio_channels must be >= 1, got {audio_channels}")
-        self.sources = sources
-        self.audio_channels = int(audio_channels)
-        self.sample_rate = self.samplerate = int(samplerate)
-        self.segment_length = int(segment_length)
 
     def valid_length(self, length: int) -> int:
         """Smallest input length ``>= length`` for which every strided convolution consumes its whole input and the
@@ -75,9 +63,7 @@ class _WaveUNet(nn.Module):
 
     def forward(self, mix: Tensor) -> Tensor:
         """``(B, C, T)`` mixture -> ``(B, S, C, T)`` source estimates."""
-        if mix.dim() != 3 or mix.shape[1] != self.audio_channels:
-            raise ValueError(f"{type(self).__name__} expects a (B, C={self.audio_channels}, T) mixture, "
-                             f"got shape {tuple(mix.shape)}")
+        self.check_mixture(mix)
         length = mix.shape[-1]
         x = mix
         if self.normalize:
@@ -143,8 +129,7 @@ class DemucsV2(_WaveUNet):
                  rewrite: bool = True, glu: bool = True, rescale: float = 0.1, resample: bool = True,
                  kernel_size: int = 8, stride: int = 4, growth: float = 2.0, lstm_layers: int = 2, context: int = 3,
                  normalize: bool = False, samplerate: int = 44100, segment_length: int = 4 * 10 * 44100):
-        super().__init__()
-        self._init_meta(sources, audio_channels, samplerate, segment_length)
+        super().__init__(sources, audio_channels, samplerate, segment_length)
         self.kernel_size, self.stride, self.context, self.depth = kernel_size, stride, context, depth
         self.resample, self.normalize, self.channels = resample, normalize, channels
         self._context_loss = context - 1  # as the reference, also with rewrite=False
@@ -211,8 +196,7 @@ class Demucs(_WaveUNet):
                  dconv_mode: int = 1, dconv_depth: int = 2, dconv_comp: float = 4, dconv_attn: int = 4,
                  dconv_lstm: int = 4, dconv_init: float = 1e-4, normalize: bool = True, resample: bool = True,
                  rescale: float = 0.1, samplerate: int = 44100, segment: float = 4 * 10):
-        super().__init__()
-        self._init_meta(sources, audio_channels, samplerate, round(float(segment) * samplerate))
+        super().__init__(sources, audio_channels, samplerate, round(float(segment) * samplerate))
         self.segment = segment
         self.kernel_size, self.stride, self.context, self.depth = kernel_size, stride, context, depth
         self.resample, self.normalize, self.channels = resample, normalize, channels

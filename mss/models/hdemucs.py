@@ -22,8 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mss.models.blocks import rescale_module
-from mss.models.hybrid import HybridSpec
+from mss.models.hybrid import HybridSettings, HybridSpec
 
 __all__ = ["HDemucs"]
 
@@ -47,26 +46,7 @@ class HDemucs(HybridSpec):
                  norm_groups: int = 4, dconv_mode: int = 1, dconv_depth: int = 2, dconv_comp: float = 4,
                  dconv_attn: int = 4, dconv_lstm: int = 4, dconv_init: float = 1e-4, rescale: float = 0.1,
                  samplerate: int = 44100, segment: float = 4 * 10):
-        super().__init__()
-        if hybrid_old and not hybrid:
-            raise ValueError("hybrid_old=True needs hybrid=True")
-        if hybrid and wiener_iters != end_iters:
-            raise ValueError(f"hybrid HDemucs needs wiener_iters == end_iters, got {wiener_iters} and {end_iters}")
-        self._set_meta(sources, audio_channels, samplerate, segment)
-        self.hybrid = hybrid
-        self.hybrid_old = hybrid_old
-        self.wiener_iters = wiener_iters
-        self.end_iters = end_iters
-        self.wiener_residual = wiener_residual
-        self._build_unets(channels=channels, channels_time=channels_time, growth=growth, nfft=nfft, cac=cac,
-                          depth=depth, rewrite=rewrite, multi_freqs=multi_freqs, multi_freqs_depth=multi_freqs_depth,
-                          freq_emb=freq_emb, emb_scale=emb_scale, emb_smooth=emb_smooth, kernel_size=kernel_size,
-                          time_stride=time_stride, stride=stride, context=context, context_enc=context_enc,
-                          norm_starts=norm_starts, norm_groups=norm_groups, dconv_mode=dconv_mode,
-                          dconv_depth=dconv_depth, dconv_comp=dconv_comp, dconv_init=dconv_init,
-                          dconv_lstm=dconv_lstm, dconv_attn=dconv_attn)
-        if rescale:
-            rescale_module(self, reference=rescale)
+        super().__init__(sources, audio_channels, samplerate, segment, HybridSettings.from_arguments(locals()))
 
     def _bottom(self, x: Tensor, xt: Tensor | None) -> tuple[Tensor, Tensor | None]:
         # the decoders start from zeros: the signal reaches them through the skip connections only

@@ -28,8 +28,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mss.models.blocks import rescale_module
-from mss.models.hybrid import HybridSpec
+from mss.models.hybrid import HybridSettings, HybridSpec
 from mss.models.transformer import CrossTransformerEncoder
 
 __all__ = ["HTDemucs"]
@@ -75,26 +74,11 @@ class HTDemucs(HybridSpec):
                  t_auto_sparsity: bool = False, t_lsh_rounds: int = 32, t_lsh_buckets: int = 4,
                  t_lsh_resample: bool = True, t_attn_backend: str = "auto", t_cross_first: bool = False,
                  rescale: float = 0.1, samplerate: int = 44100, segment: float = 10, use_train_segment: bool = True):
-        super().__init__()
-        if wiener_iters != end_iters:
-            raise ValueError(f"HTDemucs needs wiener_iters == end_iters, got {wiener_iters} and {end_iters}")
-        if nfft % 4:
-            raise ValueError(f"nfft must be a multiple of 4, got {nfft}")
-        self._set_meta(sources, audio_channels, samplerate, segment)
-        self.wiener_iters = wiener_iters
-        self.end_iters = end_iters
-        self.wiener_residual = wiener_residual
+        arguments = dict(locals())
+        # the U-Nets are built and rescaled here, before the transformer / bottom convs exist (as the reference)
+        super().__init__(sources, audio_channels, samplerate, segment, HybridSettings.from_arguments(arguments))
         self.bottom_channels = bottom_channels
         self.use_train_segment = use_train_segment
-        self._build_unets(channels=channels, channels_time=channels_time, growth=growth, nfft=nfft, cac=cac,
-                          depth=depth, rewrite=rewrite, multi_freqs=multi_freqs, multi_freqs_depth=multi_freqs_depth,
-                          freq_emb=freq_emb, emb_scale=emb_scale, emb_smooth=emb_smooth, kernel_size=kernel_size,
-                          time_stride=time_stride, stride=stride, context=context, context_enc=context_enc,
-                          norm_starts=norm_starts, norm_groups=norm_groups, dconv_mode=dconv_mode,
-                          dconv_depth=dconv_depth, dconv_comp=dconv_comp, dconv_init=dconv_init)
-        if rescale:
-            rescale_module(self, reference=rescale)  # before the transformer / bottom convs exist, as the reference
-
         dim = int(channels * growth ** (depth - 1))
         if bottom_channels:
             self.channel_upsampler = nn.Conv1d(dim, bottom_channels, 1)
@@ -104,19 +88,9 @@ class HTDemucs(HybridSpec):
             dim = bottom_channels
         self.crosstransformer = None
         if t_layers > 0:
-            self.crosstransformer = CrossTransformerEncoder(
-                dim=dim, emb=t_emb, hidden_scale=t_hidden_scale, num_heads=t_heads, num_layers=t_layers,
-                cross_first=t_cross_first, dropout=t_dropout, max_positions=t_max_positions, norm_in=t_norm_in,
-                norm_in_group=t_norm_in_group, group_norm=t_group_norm, norm_first=t_norm_first,
-                norm_out=t_norm_out, max_period=t_max_period,
-                layer_scale=t_layer_scale, gelu=t_gelu, sin_random_shift=t_sin_random_shift,
-                weight_pos_embed=t_weight_pos_embed, cape_mean_normalize=t_cape_mean_normalize,
-                cape_augment=t_cape_augment, cape_glob_loc_scale=t_cape_glob_loc_scale,
-                sparse_self_attn=t_sparse_self_attn, sparse_cross_attn=t_sparse_cross_attn, mask_type=t_mask_type,
-                mask_random_seed=t_mask_random_seed, sparse_attn_window=t_sparse_attn_window,
-                global_window=t_global_window, sparsity=t_sparsity, auto_sparsity=t_auto_sparsity,
-                lsh_rounds=t_lsh_rounds, lsh_buckets=t_lsh_buckets, lsh_resample=t_lsh_resample,
-                attn_backend=t_attn_backend)
+            names = {"t_heads": "num_heads", "t_layers": "num_layers"}  # the rest: t_<name> -> <name>
+            self.crosstransformer = CrossTransformerEncoder(dim=dim, **{
+                names.get(key, key[2:]): value for key, value in arguments.items() if key.startswith("t_")})
 
     def valid_length(self, length: int) -> int:
         """Length the network runs at for an input of ``length`` samples (the training segment)."""

@@ -1,8 +1,8 @@
 """Building blocks shared by the hybrid (time + spectrogram) Demucs models, :class:`~mss.models.hdemucs.HDemucs`
 (v3) and :class:`~mss.models.htdemucs.HTDemucs` (v4).
 
-* :func:`spectro` / :func:`ispectro`: normalised STFT pair (Hann, ``center=True``, reflect padding).
-* :class:`HybridSpec`: the hybrid STFT convention (hop = n_fft/4, reflect pad ``3·hop/2``, Nyquist bin dropped,
+* :class:`HybridSettings`: the U-Nets' settings. :class:`HybridSpec`: the hybrid STFT convention (the normalised
+  :func:`mss.audio.spectral.stft` with reflect padding, hop = n_fft/4, reflect pad ``3·hop/2``, Nyquist bin dropped,
   frames ``[2, 2 + ceil(L/hop))`` kept, so a signal of ``L`` samples gives exactly ``L/hop`` frames aligned with a
   time branch of total stride ``hop``), complex-as-channels (CaC) packing, masking / Wiener output, per-example
   normalisation and the shared encoder/decoder loops of the two U-Nets.
@@ -20,17 +20,21 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mss.audio.spectral import hann_window
+from mss.audio.spectral import istft, stft
 from mss.audio.wiener import wiener
-from mss.models.blocks import DConv
+from mss.models.base import Separator
+from mss.models.blocks import DConv, rescale_module
 
-__all__ = ["HDecLayer", "HEncLayer", "HybridSpec", "MultiWrap", "ScaledEmbedding", "ispectro", "pad1d", "spectro"]
+__all__ = ["HDecLayer", "HEncLayer", "HybridSettings", "HybridSpec", "MultiWrap", "ScaledEmbedding",
+           "pad1d"]
 
 
 def pad1d(x: Tensor, paddings: tuple[int, int], mode: str = "constant", value: float = 0.0) -> Tensor:
@@ -49,24 +53,6 @@ def pad1d(x: Tensor, paddings: tuple[int, int], mode: str = "constant", value: f
     if mode == "constant":
         return F.pad(x, (left, right), value=value)
     return F.pad(x, (left, right), mode=mode)
-
-
-def spectro(x: Tensor, n_fft: int, hop_length: int) -> Tensor:
-    """Normalised complex STFT ``(..., L) -> (..., n_fft/2 + 1, frames)`` (Hann, ``center=True``, reflect)."""
-    *lead, length = x.shape
-    z = torch.stft(x.reshape(-1, length), n_fft, hop_length, window=hann_window(n_fft, x.device, x.dtype),
-                   win_length=n_fft, normalized=True, center=True, return_complex=True, pad_mode="reflect")
-    return z.view(*lead, *z.shape[-2:])
-
-
-def ispectro(z: Tensor, hop_length: int, length: int) -> Tensor:
-    """Inverse of :func:`spectro`: ``(..., F, frames) -> (..., length)``."""
-    *lead, freqs, frames = z.shape
-    n_fft = 2 * freqs - 2
-    x = torch.istft(z.reshape(-1, freqs, frames), n_fft, hop_length,
-                    window=hann_window(n_fft, z.device, z.real.dtype), win_length=n_fft, normalized=True,
-                    length=length, center=True)
-    return x.view(*lead, length)
 
 
 class ScaledEmbedding(nn.Module):
@@ -304,29 +290,84 @@ class MultiWrap(nn.Module):
         return out, None
 
 
-class HybridSpec(nn.Module):
-    """Shared machinery of the hybrid Demucs models (HDemucs, HTDemucs): layer construction, STFT/CaC conventions,
-    output masking and the encoder/decoder loops. Subclasses call :meth:`_build_unets` in ``__init__``."""
+@dataclass(frozen=True)
+class HybridSettings:
+    """Settings of the two U-Nets of a hybrid Demucs (reference names; see ``docs/hybrid_demucs.md``), read by
+    :class:`HybridSpec`. The last four exist only in :class:`~mss.models.hdemucs.HDemucs`; HTDemucs keeps their
+    defaults (always hybrid, no DConv LSTM/attention)."""
 
-    hybrid = True
-    hybrid_old = False
+    channels: int
+    channels_time: int | None
+    growth: float
+    nfft: int
+    wiener_iters: int
+    end_iters: int
+    wiener_residual: bool
+    cac: bool
+    depth: int
+    rewrite: bool
+    multi_freqs: Sequence[float] | None
+    multi_freqs_depth: int
+    freq_emb: float
+    emb_scale: float
+    emb_smooth: bool
+    kernel_size: int
+    time_stride: int
+    stride: int
+    context: int
+    context_enc: int
+    norm_starts: int
+    norm_groups: int
+    dconv_mode: int
+    dconv_depth: int
+    dconv_comp: float
+    dconv_init: float
+    rescale: float
+    hybrid: bool = True
+    hybrid_old: bool = False
+    dconv_lstm: int | None = None
+    dconv_attn: int | None = None
 
-    def _set_meta(self, sources: Sequence[str], audio_channels: int, samplerate: int, segment: float) -> None:
-        self.sources = list(sources)
-        self.audio_channels = audio_channels
-        self.samplerate = samplerate
-        self.sample_rate = samplerate
-        self.segment = segment
-        self.segment_length = int(round(float(segment) * samplerate))
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> HybridSettings:
+        """The settings among a model constructor's arguments (``locals()``); other names are ignored."""
+        return cls(**{f.name: arguments[f.name] for f in fields(cls) if f.name in arguments})
 
-    def _build_unets(self, *, channels: int, channels_time: int | None, growth: float, nfft: int, cac: bool,
-                     depth: int, rewrite: bool, multi_freqs: Sequence[float] | None, multi_freqs_depth: int,
-                     freq_emb: float, emb_scale: float, emb_smooth: bool, kernel_size: int, time_stride: int,
-                     stride: int, context: int, context_enc: int, norm_starts: int, norm_groups: int,
-                     dconv_mode: int, dconv_depth: int, dconv_comp: float, dconv_init: float,
-                     dconv_lstm: int | None = None, dconv_attn: int | None = None) -> None:
+
+class HybridSpec(Separator):
+    """Shared machinery of the hybrid Demucs models (HDemucs, HTDemucs): layer construction from a
+    :class:`HybridSettings`, STFT/CaC conventions, output masking and the encoder/decoder loops.
+
+    Args:
+        sources, audio_channels: the separator contract. samplerate: Hz (the reference's name).
+        segment: training segment in seconds (``segment_length = round(segment * samplerate)`` samples).
+        settings: the U-Nets' settings; the weights are rescaled (``settings.rescale``) once the U-Nets exist.
+    """
+
+    def __init__(self, sources: Sequence[str], audio_channels: int, samplerate: int, segment: float,
+                 settings: HybridSettings):
+        super().__init__(sources, audio_channels, samplerate, int(round(float(segment) * samplerate)))
+        name = type(self).__name__
+        if settings.hybrid_old and not settings.hybrid:
+            raise ValueError(f"{name}: hybrid_old=True needs hybrid=True")
+        if settings.hybrid and settings.wiener_iters != settings.end_iters:
+            raise ValueError(f"{name} needs wiener_iters == end_iters, got {settings.wiener_iters} and "
+                             f"{settings.end_iters}")
+        if settings.nfft % 4:
+            raise ValueError(f"{name}: nfft must be a multiple of 4, got {settings.nfft}")
+        self.segment, self.settings = segment, settings
+        self.hybrid, self.hybrid_old = settings.hybrid, settings.hybrid_old
+        self.wiener_iters, self.end_iters = settings.wiener_iters, settings.end_iters
+        self.wiener_residual = settings.wiener_residual
+        self._build_unets(settings)
+        if settings.rescale:
+            rescale_module(self, reference=settings.rescale)
+
+    def _build_unets(self, s: HybridSettings) -> None:
         """Create ``encoder``/``decoder`` (frequency branch), ``tencoder``/``tdecoder`` (time branch, when
-        ``self.hybrid``) and ``freq_emb``, with the reference's channel/kernel/stride schedule."""
+        ``hybrid``) and ``freq_emb``, with the reference's channel/kernel/stride schedule."""
+        channels, growth, nfft, cac, depth = s.channels, s.growth, s.nfft, s.cac, s.depth
+        kernel_size, stride, context, multi_freqs = s.kernel_size, s.stride, s.context, s.multi_freqs
         self.cac = cac
         self.kernel_size = kernel_size
         self.context = context
@@ -344,44 +385,44 @@ class HybridSpec(nn.Module):
 
         chin = self.audio_channels
         chin_z = chin * 2 if cac else chin
-        chout = channels_time or channels
+        chout = s.channels_time or channels
         chout_z = channels
         freqs = nfft // 2
         for index in range(depth):
             freq = freqs > 1
             ker, stri = kernel_size, stride
             if not freq:
-                ker, stri = time_stride * 2, time_stride
+                ker, stri = s.time_stride * 2, s.time_stride
             pad, last_freq = True, False
             if freq and freqs <= kernel_size:
                 ker, pad, last_freq = freqs, False, True
-            dconv_kw = {"depth": dconv_depth, "compress": dconv_comp, "init": dconv_init, "gelu": True}
-            if dconv_lstm is not None:
-                dconv_kw["lstm"] = index >= dconv_lstm
-            if dconv_attn is not None:
-                dconv_kw["attn"] = index >= dconv_attn
-            kw = {"kernel_size": ker, "stride": stri, "freq": freq, "pad": pad, "norm": index >= norm_starts,
-                  "rewrite": rewrite, "norm_groups": norm_groups, "dconv_kw": dconv_kw}
+            dconv_kw = {"depth": s.dconv_depth, "compress": s.dconv_comp, "init": s.dconv_init, "gelu": True}
+            if s.dconv_lstm is not None:
+                dconv_kw["lstm"] = index >= s.dconv_lstm
+            if s.dconv_attn is not None:
+                dconv_kw["attn"] = index >= s.dconv_attn
+            kw = {"kernel_size": ker, "stride": stri, "freq": freq, "pad": pad, "norm": index >= s.norm_starts,
+                  "rewrite": s.rewrite, "norm_groups": s.norm_groups, "dconv_kw": dconv_kw}
             kwt = {**kw, "freq": False, "kernel_size": kernel_size, "stride": stride, "pad": True}
             kw_dec = dict(kw)
-            multi = bool(multi_freqs) and index < multi_freqs_depth
+            multi = bool(multi_freqs) and index < s.multi_freqs_depth
             if multi:
                 kw_dec["context_freq"] = False
             if last_freq:
                 chout_z = max(chout, chout_z)
                 chout = chout_z
 
-            enc = HEncLayer(chin_z, chout_z, dconv=bool(dconv_mode & 1), context=context_enc, **kw)
+            enc = HEncLayer(chin_z, chout_z, dconv=bool(s.dconv_mode & 1), context=s.context_enc, **kw)
             if self.hybrid and freq:
-                self.tencoder.append(HEncLayer(chin, chout, dconv=bool(dconv_mode & 1), context=context_enc,
+                self.tencoder.append(HEncLayer(chin, chout, dconv=bool(s.dconv_mode & 1), context=s.context_enc,
                                                empty=last_freq, **kwt))
             self.encoder.append(MultiWrap(enc, multi_freqs) if multi else enc)
             if index == 0:
                 chin = self.audio_channels * len(self.sources)
                 chin_z = chin * 2 if cac else chin
-            dec = HDecLayer(chout_z, chin_z, dconv=bool(dconv_mode & 2), last=index == 0, context=context, **kw_dec)
+            dec = HDecLayer(chout_z, chin_z, dconv=bool(s.dconv_mode & 2), last=index == 0, context=context, **kw_dec)
             if self.hybrid and freq:
-                self.tdecoder.insert(0, HDecLayer(chout, chin, dconv=bool(dconv_mode & 2), empty=last_freq,
+                self.tdecoder.insert(0, HDecLayer(chout, chin, dconv=bool(s.dconv_mode & 2), empty=last_freq,
                                                   last=index == 0, context=context, **kwt))
             self.decoder.insert(0, MultiWrap(dec, multi_freqs) if multi else dec)
 
@@ -389,9 +430,9 @@ class HybridSpec(nn.Module):
             chout, chout_z = int(growth * chout), int(growth * chout_z)
             if freq:
                 freqs = 1 if freqs <= kernel_size else freqs // stride
-            if index == 0 and freq_emb:
-                self.freq_emb = ScaledEmbedding(freqs, chin_z, smooth=emb_smooth, scale=emb_scale)
-                self.freq_emb_scale = freq_emb
+            if index == 0 and s.freq_emb:
+                self.freq_emb = ScaledEmbedding(freqs, chin_z, smooth=s.emb_smooth, scale=s.emb_scale)
+                self.freq_emb_scale = s.freq_emb
 
     # ---- spectrogram conventions -------------------------------------------------------------------------------
     def _spec(self, x: Tensor) -> Tensor:
@@ -401,7 +442,7 @@ class HybridSpec(nn.Module):
             le = math.ceil(x.shape[-1] / hl)
             pad = hl // 2 * 3
             x = pad1d(x, (pad, pad + le * hl - x.shape[-1]), mode="constant" if self.hybrid_old else "reflect")
-        z = spectro(x, self.nfft, hl)[..., :-1, :]
+        z = stft(x, self.nfft, hl, pad_mode="reflect", normalized=True)[..., :-1, :]
         if self.hybrid:
             z = z[..., 2:2 + le]
         return z
@@ -410,12 +451,12 @@ class HybridSpec(nn.Module):
         """Inverse of :meth:`_spec`: complex ``(..., nfft/2, frames)`` → ``(..., length)``."""
         hl = self.hop_length
         if not self.hybrid:
-            return ispectro(F.pad(z, (0, 0, 0, 1)), hl, length)
+            return istft(F.pad(z, (0, 0, 0, 1)), self.nfft, hl, length, normalized=True)
         z = F.pad(z, (2, 2, 0, 1))
         pad = hl // 2 * 3
         if self.hybrid_old:
-            return ispectro(z, hl, hl * math.ceil(length / hl))[..., :length]
-        x = ispectro(z, hl, hl * math.ceil(length / hl) + 2 * pad)
+            return istft(z, self.nfft, hl, hl * math.ceil(length / hl), normalized=True)[..., :length]
+        x = istft(z, self.nfft, hl, hl * math.ceil(length / hl) + 2 * pad, normalized=True)
         return x[..., pad:pad + length]
 
     def _magnitude(self, z: Tensor) -> Tensor:
@@ -482,6 +523,7 @@ class HybridSpec(nn.Module):
 
     def _hybrid_forward(self, mix: Tensor, bottom) -> Tensor:
         """``mix (B, C, L) -> (B, S, C, L)``; ``bottom(x, xt) -> (x, xt)`` transforms the U-Net bottleneck."""
+        self.check_mixture(mix)
         length = mix.shape[-1]
         z = self._spec(mix)
         x, mean, std = self._normalize(self._magnitude(z), (1, 2, 3))

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from mss.audio.spectral import istft, stft
 from mss.audio.wiener import wiener
+from mss.models.base import Separator
 
 __all__ = ["OpenUnmix", "UnmixNet", "bandwidth_to_max_bin"]
 
@@ -90,7 +91,7 @@ class UnmixNet(nn.Module):
         return F_.relu(rearrange(x, "n b c f -> b c f n")) * mag
 
 
-class OpenUnmix(nn.Module):
+class OpenUnmix(Separator):
     """Open-Unmix separator: mixture ``(B, C, T)`` -> targets ``(B, S, C, T)``, one :class:`UnmixNet` per target.
 
     Args:
@@ -111,28 +112,22 @@ class OpenUnmix(nn.Module):
                  unidirectional: bool = False, bandwidth: float = 16000.0, max_bin: int | None = None,
                  wiener_iterations: int = 1, wiener_window: int | None = 300, residual: bool = False,
                  segment: float = 10.0):
-        super().__init__()
-        sources = list(sources)
-        if not sources or len(set(sources)) != len(sources):
-            raise ValueError(f"sources must be a non-empty list of distinct names, got {sources}")
+        super().__init__(sources, audio_channels, sample_rate, round(segment * sample_rate))
         if wiener_iterations < 0:
             raise ValueError(f"wiener_iterations must be >= 0, got {wiener_iterations}")
         n_bins = n_fft // 2 + 1
         max_bin = max_bin or bandwidth_to_max_bin(sample_rate, n_fft, bandwidth)
         if not 1 <= max_bin <= n_bins:
             raise ValueError(f"max_bin={max_bin} must lie in [1, {n_bins}]")
-        self.sources, self.audio_channels, self.sample_rate = sources, audio_channels, sample_rate
         self.n_fft, self.hop_length, self.max_bin = n_fft, hop_length, max_bin
         self.wiener_iterations, self.wiener_window, self.residual = wiener_iterations, wiener_window, residual
-        self.segment_length = round(segment * sample_rate)
         self.targets = nn.ModuleDict({
             name: UnmixNet(n_bins, audio_channels, hidden_size, nb_layers, max_bin, unidirectional)
-            for name in sources})
+            for name in self.sources})
 
     def forward(self, mix: Tensor) -> Tensor:
         """Separate ``mix``: ``(B, C, T)`` -> ``(B, S, C, T)``."""
-        if mix.dim() != 3 or mix.shape[1] != self.audio_channels:
-            raise ValueError(f"expected a mixture (B, C, T) with C={self.audio_channels}, got {tuple(mix.shape)}")
+        self.check_mixture(mix)
         length = mix.shape[-1]
         pad_mode = "reflect" if length > self.n_fft // 2 else "constant"
         with torch.autocast(mix.device.type, enabled=False):

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mss.audio.spectral import istft, stft
+from mss.models.base import Separator
 
 __all__ = ["BandRoformer", "BandSplit", "MaskHead", "RMSNorm", "RotaryEmbedding", "Transformer"]
 
@@ -247,7 +248,7 @@ class RoformerBlock(nn.Module):
         return rearrange(x, "(b n) k d -> b n k d", b=batch)
 
 
-class BandRoformer(nn.Module):
+class BandRoformer(Separator):
     """Generic band-split RoFormer separator: mixture ``(B, C, T)`` -> stems ``(B, S, C, T)``.
 
     Use :class:`mss.models.bs_roformer.BSRoformer` or :class:`mss.models.mel_roformer.MelRoformer`, which build
@@ -283,12 +284,7 @@ class BandRoformer(nn.Module):
                  transformer_norm: bool = False, mask_hidden_layers: int = 1, mlp_expansion: int = 4,
                  skip_connection: bool = False, n_fft: int = 2048, hop_length: int = 441, zero_dc: bool = False,
                  segment_length: int = 352_800, gradient_checkpointing: bool = False):
-        super().__init__()
-        sources = list(sources)
-        if not sources or len(set(sources)) != len(sources):
-            raise ValueError(f"sources must be a non-empty list of distinct names, got {sources}")
-        if audio_channels < 1:
-            raise ValueError(f"audio_channels must be >= 1, got {audio_channels}")
+        super().__init__(sources, audio_channels, sample_rate, segment_length)
         if segment_length < hop_length:
             raise ValueError(f"segment_length={segment_length} must be >= hop_length={hop_length}")
         n_bins = n_fft // 2 + 1
@@ -305,9 +301,8 @@ class BandRoformer(nn.Module):
         if missing:
             raise ValueError(f"bands must cover every one of the {n_bins} STFT bins; missing {missing[:10]}")
 
-        self.sources, self.audio_channels, self.sample_rate = sources, audio_channels, sample_rate
         self.n_fft, self.hop_length, self.zero_dc = n_fft, hop_length, zero_dc
-        self.segment_length, self.skip_connection = segment_length, skip_connection
+        self.skip_connection = skip_connection
         self.gradient_checkpointing = gradient_checkpointing
         self.band_sizes = [len(band) for band in bands]
         # identity gather (contiguous, disjoint, ascending bands covering all bins once): concatenation suffices
@@ -327,7 +322,7 @@ class BandRoformer(nn.Module):
             for _ in range(depth))
         self.final_norm = RMSNorm(dim) if final_norm else None
         self.mask_heads = nn.ModuleList(MaskHead(dim, widths, mask_hidden_layers, mlp_expansion, mask_norm)
-                                        for _ in sources)
+                                        for _ in self.sources)
 
     def _spectrogram(self, mix: Tensor) -> Tensor:
         """Complex float32 STFT ``(B, C, T) -> (B, C, F, N)`` (reflect padding when the input is long enough)."""
@@ -355,8 +350,7 @@ class BandRoformer(nn.Module):
 
     def forward(self, mix: Tensor) -> Tensor:
         """Separate ``mix``: ``(B, C, T)`` -> ``(B, S, C, T)`` (same ``T``)."""
-        if mix.dim() != 3 or mix.shape[1] != self.audio_channels:
-            raise ValueError(f"expected a mixture (B, C, T) with C={self.audio_channels}, got {tuple(mix.shape)}")
+        self.check_mixture(mix)
         length = mix.shape[-1]
         device_type = mix.device.type
         with torch.autocast(device_type, enabled=False):

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from mss.audio.spectral import istft, magnitude, stft
 from mss.audio.wiener import wiener
+from mss.models.base import Separator
 
 __all__ = ["SpleeterUNet", "UNet2d"]
 
@@ -139,7 +140,7 @@ class UNet2d(nn.Module):
         return torch.sigmoid(x) if self.sigmoid else x
 
 
-class SpleeterUNet(nn.Module):
+class SpleeterUNet(Separator):
     """Spleeter's U-Net separator: mixture waveform ``(B, C, T)`` -> sources ``(B, S, C, T)``.
 
     Spleeter configs: 2stems = ``conv_activation="leaky_relu", deconv_activation="relu"``; 4stems = ELU/ELU;
@@ -185,14 +186,7 @@ class SpleeterUNet(nn.Module):
                  conv_activation: str = "elu", deconv_activation: str = "elu", dropout: float = 0.5,
                  mask: str = "sigmoid", separation_exponent: float = 2.0, mask_extension: str = "zeros",
                  eps: float = 1e-10, wiener_iterations: int = 0, batchnorm_momentum: float = 0.01) -> None:
-        super().__init__()
-        sources = list(sources)
-        if not sources:
-            raise ValueError("sources must be a non-empty list of source names")
-        if len(set(sources)) != len(sources):
-            raise ValueError(f"duplicate source names in {sources}")
-        if audio_channels < 1:
-            raise ValueError(f"audio_channels must be >= 1, got {audio_channels}")
+        super().__init__(sources, audio_channels, sample_rate, (frames - 1) * hop_length)  # `frames` STFT frames
         if not 1 <= freq_bins <= n_fft // 2 + 1:
             raise ValueError(f"freq_bins={freq_bins} must be in [1, n_fft // 2 + 1 = {n_fft // 2 + 1}]")
         if not filters or any(int(f) < 1 for f in filters):
@@ -209,14 +203,10 @@ class SpleeterUNet(nn.Module):
         if wiener_iterations < 0:
             raise ValueError(f"wiener_iterations must be >= 0, got {wiener_iterations}")
 
-        self.sources = sources
-        self.audio_channels = audio_channels
-        self.sample_rate = sample_rate
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.freq_bins = freq_bins
         self.frames = frames
-        self.segment_length = (frames - 1) * hop_length  # exactly `frames` STFT frames with center=True
         self.mask = mask
         self.separation_exponent = separation_exponent
         self.mask_extension = mask_extension
@@ -227,12 +217,7 @@ class SpleeterUNet(nn.Module):
             name: UNet2d(audio_channels, tuple(int(f) for f in filters), kernel_size, conv_activation,
                          deconv_activation, dropout, sigmoid=(mask == "sigmoid"),
                          batchnorm_momentum=batchnorm_momentum)
-            for name in sources})
-
-    def _check_input(self, mix: Tensor) -> None:
-        if mix.dim() != 3 or mix.shape[1] != self.audio_channels:
-            raise ValueError(f"expected mixture waveform (B, C, T) with C={self.audio_channels}, "
-                             f"got shape {tuple(mix.shape)}")
+            for name in self.sources})
 
     def spectrogram(self, mix: Tensor) -> Tensor:
         """Complex mixture STFT: ``(B, C, T)`` -> ``(B, C, n_fft // 2 + 1, N)``."""
@@ -279,7 +264,7 @@ class SpleeterUNet(nn.Module):
 
     def forward(self, mix: Tensor) -> Tensor:
         """Separate ``mix``: ``(B, C, T)`` -> ``(B, S, C, T)`` (same ``T``)."""
-        self._check_input(mix)
+        self.check_mixture(mix)
         length = mix.shape[-1]
         spec = self.spectrogram(mix)  # B C F_all N
         est = self.estimate_magnitudes(magnitude(spec[..., :self.freq_bins, :]))  # B S C F N

@@ -1,4 +1,4 @@
-"""Shared-memory storages for the loader workers' batch pool (:func:`mss.data.datamodule._empty_batch`), through
+"""Shared-memory storages for the loader workers' batch pool (:func:`mss.data.batch_pool.empty_batch`), through
 torch's public ``UntypedStorage.share_memory_`` (the sharing strategy torch uses on this platform: a file descriptor
 on Linux, a named file elsewhere). Where torch cannot share memory here, or ``MSS_DISABLE_FAST_PATHS`` says so, the
 pool is off: workers fill plain tensors, which the DataLoader moves to shared memory itself (the same bytes,
