@@ -16,7 +16,7 @@ import torch
 from scipy.signal import butter, lfilter, sosfilt
 
 from mss.metrics import IllConditionedWarning, TrackScores, bss_eval_v4, evaluate_track, frame_sdr, n_frames
-from mss.metrics import bss_eval as be
+from mss.metrics.bss_eval import correlations, projections, toeplitz, v4
 
 SR = 8000
 TOL = {"SDR": 1e-9, "ISR": 1e-4, "SIR": 1e-4, "SAR": 1e-4}
@@ -144,11 +144,11 @@ def test_sdr_only_and_frame_sdr_batched():
 def test_correlations_are_exact(monkeypatch, block_fft, length, lags, chunk):
     """The block correlations (products within blocks, plus those straddling block boundaries) equal the direct
     sums, for several blocks per chunk, one block per chunk, and a partial last chunk."""
-    monkeypatch.setattr(be, "_CORR_FFT", block_fft)
+    monkeypatch.setattr(correlations, "_CORR_FFT", block_fft)
     rng = np.random.default_rng(0)
     refs = torch.from_numpy(rng.standard_normal((3, 2, length)))
     ests = torch.from_numpy(rng.standard_normal((3, 2, length)).astype(np.float32))
-    r = be._correlations([refs, ests], 6, lags, chunk).numpy()
+    r = correlations.cross_correlations([refs, ests], 6, lags, chunk).numpy()
     rows = np.concatenate([refs.reshape(6, -1).numpy(), ests.reshape(6, -1).double().numpy()])
     ext = lags - 1
     direct = np.stack([[np.correlate(x, y, "full")[length - 1 - ext:length + ext] for y in rows] for x in rows[:6]])
@@ -160,36 +160,37 @@ def test_block_toeplitz_factor_is_the_cholesky_factor():
     factor is the dense Cholesky factor and its FFT products are the dense ones; a singular matrix (a duplicated
     channel) is refused, so the caller falls back to the dense path."""
     refs, _ = signals(3, 2.0, 2)
-    stems = be._as_stems(refs, "references")
+    stems = v4._as_stems(refs, "references")
     lags, x = 48, 6
-    r = be._correlations([stems], x, lags)
-    gram = be._gram(r, lags)
-    gram.diagonal().add_(be.EPS)
+    r = correlations.cross_correlations([stems], x, lags)
+    gram = toeplitz.gram(r, lags)
+    gram.diagonal().add_(toeplitz.EPS)
     order = torch.arange(x * lags).view(x, lags).T.flatten()  # tap-major
     gram = gram[order][:, order]
-    upper = torch.from_numpy(be._schur_factor(r.numpy(), lags))
+    upper = torch.from_numpy(toeplitz.schur_factor(r.numpy(), lags))
     chol = torch.linalg.cholesky(gram)
     torch.testing.assert_close(upper.triu().mT, chol, rtol=0, atol=1e-8 * float(chol.abs().max()))
     v = torch.randn(x * lags, 3, dtype=torch.float64)
-    torch.testing.assert_close(be._toeplitz_apply(r, lags)(v), gram @ v, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(toeplitz.toeplitz_apply(r, lags)(v), gram @ v, rtol=1e-10, atol=1e-12)
     # a batch (the own-source systems) is factorised and multiplied like its members, one at a time
     pairs = torch.stack([r[:2, :2], r[2:4, 2:4]])
-    batched = be._schur_factor(pairs.numpy(), lags)
+    batched = toeplitz.schur_factor(pairs.numpy(), lags)
     w = torch.randn(2, 2 * lags, 3, dtype=torch.float64)
     for k in range(2):
-        single = np.triu(be._schur_factor(pairs[k].numpy(), lags))
+        single = np.triu(toeplitz.schur_factor(pairs[k].numpy(), lags))
         np.testing.assert_allclose(np.triu(batched[k]), single, rtol=0, atol=1e-12 * np.abs(single).max())
-        torch.testing.assert_close(be._toeplitz_apply(pairs, lags)(w)[k], be._toeplitz_apply(pairs[k], lags)(w[k]))
-    twin = be._correlations([stems[:, :1].repeat(1, 2, 1)], x, lags)
-    assert be._schur_factor(twin.numpy(), lags) is None
-    assert be._schur_factor(torch.stack([r, twin]).numpy(), lags) is None  # one singular member refuses the batch
+        torch.testing.assert_close(toeplitz.toeplitz_apply(pairs, lags)(w)[k],
+                                   toeplitz.toeplitz_apply(pairs[k], lags)(w[k]))
+    twin = correlations.cross_correlations([stems[:, :1].repeat(1, 2, 1)], x, lags)
+    assert toeplitz.schur_factor(twin.numpy(), lags) is None
+    assert toeplitz.schur_factor(torch.stack([r, twin]).numpy(), lags) is None  # one singular member refuses the batch
 
 
 def test_dense_path_gives_the_same_metrics(monkeypatch):
     """The dense Cholesky path (CUDA, or when the Schur recursion is refused) agrees with the block Toeplitz one."""
     refs, ests = signals(4, 2.5, 2, seed=1)
     fast = bss_eval_v4(refs, ests, SR, SR, filters_len=48)
-    monkeypatch.setattr(be, "_toeplitz_solve", lambda *args, **kw: None)
+    monkeypatch.setattr(projections, "toeplitz_solve", lambda *args, **kw: None)
     dense = bss_eval_v4(refs, ests, SR, SR, filters_len=48)
     for a, b in zip(fast, dense):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, equal_nan=True)

@@ -5,10 +5,18 @@ museval is imported lazily (only by ``evaluate_track(..., backend="museval")``),
 and does not need ffmpeg. This package knows nothing about models or Lightning.
 """
 
-from mss.metrics.bss_eval import COND_LIMIT, BSSEvalV4, IllConditionedWarning, bss_eval_v4, frame_sdr, n_frames
-from mss.metrics.museval_eval import BACKENDS, aggregate, evaluate_track, save_track_json, track_medians
+from mss.metrics.bss_eval import (
+    COND_LIMIT,
+    BSSEvalV4,
+    IllConditionedWarning,
+    SilentSourceError,
+    bss_eval_v4,
+    frame_sdr,
+    n_frames,
+)
 from mss.metrics.sdr import nsdr, si_sdr
 from mss.metrics.store import METRICS, MUSEVAL_VERSION, TrackScores, read_track_json
+from mss.metrics.track import BACKENDS, aggregate, evaluate_track, save_track_json, track_medians
 
 __all__ = [
     "BACKENDS",
@@ -17,6 +25,7 @@ __all__ = [
     "MUSEVAL_VERSION",
     "BSSEvalV4",
     "IllConditionedWarning",
+    "SilentSourceError",
     "TrackScores",
     "aggregate",
     "bss_eval_v4",

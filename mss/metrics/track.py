@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mss.metrics.bss_eval import IllConditionedWarning, bss_eval_v4
+from mss.metrics.bss_eval import IllConditionedWarning, SilentSourceError, bss_eval_v4
 from mss.metrics.store import METRICS, TrackScores
 from mss.utils import atomic_write_text
 
@@ -44,6 +44,11 @@ BACKENDS = ("mss", "museval")
 def _silent(stems: np.ndarray) -> np.ndarray:
     """museval's whole-track silence rule: ``(S, T, C) -> (S,)`` True where every sample's channel sum is 0."""
     return np.all(stems.sum(axis=-1) == 0, axis=-1)
+
+
+def _silent_stems(track_name: str, kind: str, names: list[str]) -> ValueError:
+    return ValueError(f"track {track_name!r}: {kind} stem(s) {names} are silent (all zeros) over the whole track; "
+                      "BSS Eval cannot evaluate a silent source")
 
 
 def evaluate_track(
@@ -95,23 +100,24 @@ def evaluate_track(
         raise ValueError(
             f"track {track_name!r}: {len(sources)} source names for {references.shape[0]} stems ({list(sources)})"
         )
-    for kind, stems in (("reference", references), ("estimate", estimates)):
-        silent = [name for name, s in zip(sources, _silent(stems)) if s]
-        if silent:
-            raise ValueError(
-                f"track {track_name!r}: {kind} stem(s) {silent} are silent (all zeros) over the whole track; "
-                "BSS Eval cannot evaluate a silent source"
-            )
     scores = TrackScores(track_name=track_name, win=win, hop=hop)
     w, h = int(win * sample_rate), int(hop * sample_rate)
     if backend == "museval":
+        for kind, stems in (("reference", references), ("estimate", estimates)):
+            silent = [name for name, s in zip(sources, _silent(stems)) if s]
+            if silent:
+                raise _silent_stems(track_name, kind, silent)
         import museval
 
         sdr, isr, sir, sar = museval.evaluate(references, estimates, win=w, hop=h)
     else:
+        # bss_eval_v4 applies the same whole-track silence rule (on its frame pass)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", IllConditionedWarning)
-            result = bss_eval_v4(references, estimates, w, h, sdr_only=sdr_only, device=device)
+            try:
+                result = bss_eval_v4(references, estimates, w, h, sdr_only=sdr_only, device=device)
+            except SilentSourceError as err:
+                raise _silent_stems(track_name, err.kind, [sources[j] for j in err.sources]) from None
         for warning in caught:
             warnings.warn(f"track {track_name!r}: {warning.message}", IllConditionedWarning, stacklevel=2)
         scores.reliable, scores.cond = result.reliable, result.cond
