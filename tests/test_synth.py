@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 
 from mss.data import synth
+from mss.data.synth import writer
 
 SR = 44100
 DUR = 6.0
@@ -196,7 +197,7 @@ def test_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
             raise OSError("disk full")
         sf.write(path, np.zeros((10, 2), np.int16), SR)
 
-    monkeypatch.setattr(synth, "_write_wav", failing_write)
+    monkeypatch.setattr(writer, "_write_wav", failing_write)
     with pytest.raises(OSError, match="disk full"):
         synth.generate(tmp_path / "ds", n_train=1, n_valid=0, n_test=0, duration=4.5)
     assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,266 @@
+"""Tracks and datasets on disk: :func:`render_track` turns a song plan and its sources' performances into integer
+stems and their exact-sum mixture; :func:`generate` writes a whole dataset (WAV files, optional STEMS MP4 copies,
+the validation list and the ``synth.json`` manifest) and renames it into place.
+
+Shape legend: n = samples, c = channels (2), s = stems.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from mss.data.synth.instruments import MUSDB_SOURCES, check_sources, performance
+from mss.data.synth.song import SPLIT_CODES, activity, name_key, plan_song, track_rng
+
+__all__ = [
+    "DURATION", "FORMAT_VERSION", "MANIFEST", "MIN_DURATION", "N_TEST", "N_TRAIN", "N_VALID", "SEED", "VALID_LIST",
+    "generate", "read_manifest", "render_track", "track_names",
+]
+
+FORMAT_VERSION = 1
+# Defaults of generate(), the CLI and data=synth (conf/data/synth.yaml repeats them: tests/test_synth.py checks).
+N_TRAIN, N_VALID, N_TEST, DURATION, SEED = 8, 2, 3, 12.0, 0
+MIN_DURATION = 4.0  # a >= 1.5 s silent section plus > 50 % activity needs a few seconds
+MANIFEST = "synth.json"
+VALID_LIST = "valid_tracks.txt"
+
+Array = np.ndarray
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+
+def render_track(split: str, index: int, *, sources: Sequence[str] = MUSDB_SOURCES, duration: float = 12.0,
+                 sample_rate: int = 44100, seed: int = 0, bit_depth: int = 16,
+                 dither: bool = True) -> dict[str, Array]:
+    """Render one track in memory, exactly as :func:`generate` stores it.
+
+    Args:
+        split: ``"train"``, ``"valid"`` or ``"test"`` (part of the random seed).
+        index: track index within the split.
+
+    Returns:
+        ``{"mixture": x, <source>: x, ...}`` with x shaped (n, c): int16 for ``bit_depth=16``, int32 holding
+        24-bit values (|x| < 2**23) for 24, float32 on a 2**-23 grid for 32. ``mixture`` is the exact sum of
+        the stems (in float64 for ``bit_depth=32``).
+    """
+    sources = check_sources(sources)
+    if split not in SPLIT_CODES:
+        raise ValueError(f"split must be one of {list(SPLIT_CODES)}, got {split!r}")
+    if bit_depth not in (16, 24, 32):
+        raise ValueError(f"bit_depth must be 16, 24 or 32 (float), got {bit_depth}")
+    n = round(duration * sample_rate)
+    song = plan_song(track_rng(seed, split, index), n, sample_rate)
+    perf, masks, rngs = [], [], []
+    for name in sources:
+        rng = track_rng(seed, split, index, name_key(name), 1)
+        masks.append(activity(song, rng))
+        rngs.append(rng)
+        perf.append(performance(name, song, seed, split, index) * masks[-1][:, None])
+    # headroom: neither the mixture nor any stem may exceed the peak target, minus the worst rounding+dither
+    full = 2 ** (min(bit_depth, 24) - 1) - 1
+    peak = max(float(np.abs(sum(perf)).max()), *(float(np.abs(p).max()) for p in perf))
+    scale = (10 ** (song.peak_db / 20) * full - 2 * len(sources)) / peak
+    stems = {}
+    for name, x, mask, rng in zip(sources, perf, masks, rngs):
+        y = x * scale
+        if dither:  # TPDF, +-1 LSB, only where the source plays: silent sections stay exact zeros
+            y += (rng.random(y.shape) - rng.random(y.shape)) * (mask > 0)[:, None]
+        stems[name] = np.rint(y).astype(np.int64)
+    mix = sum(stems.values())
+    if np.abs(mix).max() > full:  # cannot happen by construction; guard the invariant anyway
+        raise RuntimeError("synthetic mixture clips; this is a bug in mss.data.synth")
+    out = {"mixture": mix, **stems}
+    if bit_depth == 16:
+        return {k: v.astype(np.int16) for k, v in out.items()}
+    if bit_depth == 24:
+        return {k: v.astype(np.int32) for k, v in out.items()}
+    return {k: (v / 2.0**23).astype(np.float32) for k, v in out.items()}
+
+
+def _write_wav(path: Path, x: Array, sr: int, bit_depth: int) -> None:
+    if bit_depth == 16:
+        sf.write(path, x, sr, subtype="PCM_16")
+    elif bit_depth == 24:  # libsndfile maps int32 full scale to PCM_24 by dropping the low byte
+        sf.write(path, x.astype(np.int32) << 8, sr, subtype="PCM_24")
+    else:
+        sf.write(path, x, sr, subtype="FLOAT")
+
+
+# ----------------------------------------------------------------------------------------------- dataset
+
+
+def track_names(n_train: int, n_valid: int, n_test: int) -> dict[str, list[str]]:
+    """Track names per split: ``{"train": [synth-train-000, ...], "valid": [...], "test": [...]}``."""
+    return {split: [f"synth-{split}-{i:03d}" for i in range(count)]
+            for split, count in (("train", n_train), ("valid", n_valid), ("test", n_test))}
+
+
+def read_manifest(root: Path) -> dict | None:
+    """The parsed ``synth.json`` of ``root`` (``{}`` when unreadable), or ``None`` when there is none."""
+    path = root / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _diff(manifest: dict, params: dict) -> list[str]:
+    old = dict(manifest.get("params", {}), version=manifest.get("version"))
+    new = dict(params, version=FORMAT_VERSION)
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def _to_float(x: Array, bit_depth: int) -> Array:
+    """Stored samples (n, c) as float64 in [-1, 1)."""
+    return x / 2.0 ** (bit_depth - 1) if bit_depth in (16, 24) else x.astype(np.float64)
+
+
+def _write_stem_mp4(path: Path, audio: dict[str, Array], sr: int, bit_depth: int) -> None:
+    """MUSDB18 STEMS file: AAC streams 0 mixture, 1 drums, 2 bass, 3 other, 4 vocals."""
+    import stempeg  # imported lazily: only this option needs it (and ffmpeg)
+
+    order = ("mixture", *MUSDB_SOURCES)
+    data = np.stack([_to_float(audio[s], bit_depth) for s in order])  # (s, n, c)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = stempeg.StreamsWriter(codec="aac", bitrate=256000, stem_names=list(order))
+    stempeg.write_stems(str(path), data, sample_rate=sr, writer=writer)
+
+
+def generate(root: str | os.PathLike, *, sources: Sequence[str] = MUSDB_SOURCES, n_train: int = N_TRAIN,
+             n_valid: int = N_VALID, n_test: int = N_TEST, duration: float = DURATION, sample_rate: int = 44100,
+             seed: int = SEED, bit_depth: int = 16, dither: bool = True, stems_mp4: bool = False,
+             overwrite: bool = False) -> Path:
+    """Write a synthetic dataset in the MUSDB18-HQ layout under ``root`` (see :mod:`mss.data.synth`).
+
+    Generation happens in a temporary sibling folder that is renamed into place, ``valid_tracks.txt`` and
+    ``synth.json`` being written last, so ``root`` is either absent or complete.
+
+    Args:
+        root: destination folder.
+        sources: stem names, from :data:`KNOWN_SOURCES` (``accompaniment`` = drums + bass + other).
+        n_train, n_valid, n_test: track counts; validation tracks are written into ``train/``.
+        duration: seconds per track (>= 4).
+        sample_rate: Hz (>= 8000).
+        seed: non-negative base seed.
+        bit_depth: 16 or 24 (PCM) or 32 (float WAV).
+        dither: TPDF dither of +-1 LSB where a source plays.
+        stems_mp4: also write ``root/stems/{train,test}/<track>.stem.mp4`` (MUSDB18 STEMS format; requires
+            the 4 MUSDB sources and ffmpeg).
+        overwrite: replace an existing synthetic dataset generated with other parameters. A non-empty folder
+            without a manifest is never deleted.
+
+    Returns:
+        ``Path(root)``.
+
+    Raises:
+        ValueError: invalid parameters or unknown source names.
+        FileExistsError: ``root`` holds a dataset with different parameters (and not ``overwrite``), or other
+            files.
+    """
+    root = Path(root).expanduser()
+    sources = check_sources(sources)
+    if bit_depth not in (16, 24, 32):
+        raise ValueError(f"bit_depth must be 16, 24 or 32 (float), got {bit_depth}")
+    if not float(duration) >= MIN_DURATION:
+        raise ValueError(f"duration must be >= {MIN_DURATION} s (each source needs a >= 1.5 s silent "
+                         f"section), got {duration}")
+    if int(sample_rate) != sample_rate or sample_rate < 8000:
+        raise ValueError(f"sample_rate must be an integer >= 8000, got {sample_rate}")
+    counts = (n_train, n_valid, n_test)
+    if any(int(c) != c or c < 0 for c in counts) or sum(counts) == 0:
+        raise ValueError(f"track counts must be non-negative integers, not all zero, got {counts}")
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    if stems_mp4 and set(sources) != set(MUSDB_SOURCES):
+        raise ValueError(f"stems_mp4 needs exactly the MUSDB sources {list(MUSDB_SOURCES)}, "
+                         f"got {list(sources)}")
+    params = {"sources": list(sources), "n_train": int(n_train), "n_valid": int(n_valid),
+              "n_test": int(n_test), "duration": float(duration), "sample_rate": int(sample_rate),
+              "seed": int(seed), "bit_depth": int(bit_depth), "dither": bool(dither),
+              "stems_mp4": bool(stems_mp4)}
+
+    replacing = False
+    if root.exists():
+        if not root.is_dir():
+            raise FileExistsError(f"{root} exists and is not a folder")
+        manifest = read_manifest(root)
+        if manifest is not None:
+            diff = _diff(manifest, params)
+            if not diff:
+                return root
+            if not overwrite:
+                have = dict(manifest.get("params", {}), version=manifest.get("version"))
+                want = dict(params, version=FORMAT_VERSION)
+                raise FileExistsError(
+                    f"{root} holds a synthetic dataset generated with other parameters (differing: {', '.join(diff)}"
+                    f"; it has {', '.join(f'{k}={have.get(k)!r}' for k in diff)}, this asks for "
+                    f"{', '.join(f'{k}={want.get(k)!r}' for k in diff)}); pass overwrite=true to replace it "
+                    "(data.synth.overwrite=true for mss.train / mss.evaluate)")
+            replacing = True
+        elif any(root.iterdir()):
+            raise FileExistsError(f"{root} exists, is not empty and holds no {MANIFEST}; refusing to write "
+                                  "there (even with overwrite=True)")
+
+    names = track_names(int(n_train), int(n_valid), int(n_test))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        for split, subset in (("train", "train"), ("valid", "train"), ("test", "test")):
+            (tmp / subset).mkdir(parents=True, exist_ok=True)
+            if stems_mp4:
+                (tmp / "stems" / subset).mkdir(parents=True, exist_ok=True)
+            for index, name in enumerate(names[split]):
+                folder = tmp / subset / name
+                folder.mkdir()
+                audio = render_track(split, index, sources=sources, duration=duration,
+                                     sample_rate=int(sample_rate), seed=int(seed), bit_depth=bit_depth,
+                                     dither=dither)
+                for stem, x in audio.items():
+                    _write_wav(folder / f"{stem}.wav", x, int(sample_rate), bit_depth)
+                if stems_mp4:
+                    mp4 = tmp / "stems" / subset / f"{name}.stem.mp4"
+                    _write_stem_mp4(mp4, audio, int(sample_rate), bit_depth)
+        valid_text = "".join(f"{name}\n" for name in names["valid"])
+        if stems_mp4:
+            (tmp / "stems" / VALID_LIST).write_text(valid_text)
+        (tmp / VALID_LIST).write_text(valid_text)
+        manifest = {"format": "mss.data.synth", "version": FORMAT_VERSION, "params": params, "tracks": names}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _move_into_place(tmp, root, params, replacing)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _move_into_place(tmp: Path, root: Path, params: dict, replacing: bool) -> None:
+    """Rename the finished ``tmp`` folder to ``root`` (moving an old dataset aside first when ``replacing``);
+    tolerate a concurrent writer that finished the same dataset first."""
+    old = None
+    if replacing:
+        old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(root, old)
+    elif root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
+    try:
+        os.rename(tmp, root)
+    except OSError:
+        if old is not None and not root.exists():
+            os.rename(old, root)  # put the previous dataset back
+            raise
+        manifest = read_manifest(root)
+        if manifest is None or _diff(manifest, params):
+            raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
