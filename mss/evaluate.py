@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 from mss.audio.io import save_audio
 from mss.checkpoint import build_model, model_from_checkpoint, read_checkpoint
 from mss.inference.overlap_add import apply_model
-from mss.metrics import aggregate, evaluate_track, nsdr, read_track_json, save_track_json
-from mss.report import plot_boxes, plot_track_bars, print_table, results_table, write_results
+from mss.metrics import evaluate_track, nsdr, read_track_json, save_track_json
+from mss.report import write_evaluation
 from mss.run import CONF_DIR, compose, save_run_info
 from mss.utils import atomic_write_text
 
@@ -229,7 +229,8 @@ def evaluate(ckpt: str | Path | None, data_cfg: DictConfig, eval_cfg: DictConfig
 
 
 def report(out: Path, names: list[str], sources: list[str], cfg, title: str) -> pd.DataFrame:
-    """Tables and plots of an evaluation directory from its per-track files."""
+    """Read the per-track files of an evaluation directory and write its report (:func:`mss.report.write_evaluation`)
+    and the list of tracks whose ISR/SIR/SAR are unreliable."""
     stores, nsdrs, flagged = [], {s: [] for s in sources}, []
     for name in names:
         json_path, info_path = _paths(out, cfg.subset, name)
@@ -244,21 +245,10 @@ def report(out: Path, names: list[str], sources: list[str], cfg, title: str) -> 
         log.warning("ISR/SIR/SAR are unreliable (ill-conditioned references) for %d track(s): %s", len(flagged),
                     flagged)
         atomic_write_text(out / "ill_conditioned_tracks.txt", "\n".join(flagged) + "\n")
-    frames = pd.concat(stores, ignore_index=True)
-    table = results_table(aggregate([frames]), sources,
-                          extra={"nSDR (mean)": {s: sum(v) / len(v) for s, v in nsdrs.items()}})
-    write_results(table, out, title=title)
-    from mss.metrics import track_medians
-
-    per_track = track_medians([frames])
-    atomic_write_text(out / "per_track.csv", per_track.to_csv(index=False))
-    if cfg.get("plots", True):
-        per_track = per_track.assign(method=title.split(" on ")[0])
-        plot_boxes(per_track, out / "boxplot_SDR-v4.png", sources=sources)
-        plot_track_bars(per_track, out / "per-track_SDR-v4.png", sources=sources)
     metric_note = "BSS Eval v4" + (" (SDR only)" if cfg.get("sdr_only") else "") + f", backend {cfg.backend}"
-    print_table(table, title=f"{len(names)} {cfg.subset} tracks — {metric_note} + nSDR")
-    return table
+    return write_evaluation(out, pd.concat(stores, ignore_index=True), nsdrs, sources, title=title,
+                            console_title=f"{len(names)} {cfg.subset} tracks — {metric_note} + nSDR",
+                            plots=cfg.get("plots", True))
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")

@@ -14,8 +14,8 @@ JSON files (``eval/museval/<subset>/*.json``). Written to ``OUT`` (default: ``<D
 - ``learning_curves.png``: training loss and validation nSDR per epoch, one line per run.
 
 The same functions back ``notebooks/ablations.ipynb``: :func:`find_runs`, :func:`load_runs`, :func:`results_table`,
-:func:`track_scores`, :func:`plot_sdr_bars`, :func:`plot_learning_curves`; tables, box plots and SDR definitions
-come from :mod:`mss.report` (this module only finds and reads runs).
+:func:`track_scores`; tables, figures (``mss.report.plot_sdr_bars``, ``plot_learning_curves``, ``plot_boxes``) and
+SDR definitions come from :mod:`mss.report` (this module only finds and reads runs).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +32,17 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from mss.report import comparison_table, definition, load_method, plot_boxes, write_table
-from mss.utils import atomic_write
+from mss.report import (
+    comparison_table,
+    definition,
+    load_method,
+    plot_boxes,
+    plot_learning_curves,
+    plot_sdr_bars,
+    save_figure,
+    sources_of,
+    write_table,
+)
 
 log = logging.getLogger("mss.results")
 
@@ -172,68 +180,7 @@ def results_table(runs: Sequence[Run], stat: str = "median", metric: str = "SDR"
     return table
 
 
-def sources_of(table: pd.DataFrame, prefix: str) -> list[str]:
-    """Source names of the columns ``<prefix> <source>`` (``mean`` excluded)."""
-    return [c[len(prefix) + 1:] for c in table.columns if c.startswith(prefix + " ") and not c.endswith(" mean")]
-
-
 # -- outputs ---------------------------------------------------------------------------------------------------------
-def _save_figure(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(fig)
-    return path
-
-
-def _plt():
-    import matplotlib.pyplot as plt  # the session's backend: inline in notebooks, Agg for the command line
-
-    return plt
-
-
-def plot_sdr_bars(table: pd.DataFrame, prefix: str | None = None, ax=None):
-    """Grouped bars: per source (groups) one bar per run. ``prefix``: the column prefix (default: the test SDR
-    columns, else the validation nSDR ones). Returns the figure."""
-    if prefix is None:
-        prefix = next((p for p in (f"test SDR ({s})" for s in STATS) if sources_of(table, p)), "val nSDR")
-    sources = sources_of(table, prefix)
-    sources = [c for c in sources if c != "tracks"]
-    if not sources:
-        raise ValueError(f"no '{prefix} <source>' columns to plot; columns: {list(table.columns)}")
-    plt = _plt()
-    fig = ax.figure if ax is not None else plt.figure(figsize=(1.2 + 1.1 * len(sources) * max(1, len(table)) / 2,
-                                                            3.5))
-    ax = ax or fig.add_subplot()
-    width = 0.8 / len(table)
-    for i, (run, row) in enumerate(table.iterrows()):
-        xs = [j + (i - (len(table) - 1) / 2) * width for j in range(len(sources))]
-        ax.bar(xs, [row[f"{prefix} {s}"] for s in sources], width, label=str(run))
-    ax.set_xticks(range(len(sources)), sources)
-    ax.set_ylabel(f"{prefix} (dB)")
-    ax.axhline(0, color="k", lw=0.5)
-    ax.legend(fontsize=7, loc="best")
-    ax.grid(axis="y", alpha=0.3)
-    return fig
-
-
-def plot_learning_curves(runs: Sequence[Run], metrics: Sequence[str] = ("train/loss_epoch", "val/nsdr")):
-    """One panel per metric (per epoch), one line per run."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.3), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for run in runs:
-            epochs = run.epochs
-            if metric in epochs:
-                values = epochs[metric].dropna()
-                ax.plot(values.index + 1, values.to_numpy(), marker="o", ms=3, label=run.name)
-        ax.set_xlabel("epoch")
-        ax.set_title(metric)
-        ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize=7, loc="best")
-    return fig
-
-
 def write_all(runs: Sequence[Run], out: str | os.PathLike, stat: str = "median") -> dict[str, Path]:
     """Write the table (Markdown, CSV, LaTeX) and the plots that the runs' data allow; returns the paths."""
     out = Path(out)
@@ -242,11 +189,11 @@ def write_all(runs: Sequence[Run], out: str | os.PathLike, stat: str = "median")
     md, csv, tex = write_table(table, out, "results", title=f"{len(runs)} runs", note=table.attrs["note"])
     written = {"md": md, "csv": csv, "tex": tex}
     if sources_of(table, f"test SDR ({stat})") or sources_of(table, "val nSDR"):
-        written["bars"] = _save_figure(plot_sdr_bars(table), out / "sdr_bars.png")
+        written["bars"] = save_figure(plot_sdr_bars(table), out / "sdr_bars.png")
     if not scores.empty:
         written["boxes"] = plot_boxes(scores, out / "sdr_boxes.png")
     if any(not r.epochs.empty for r in runs):
-        written["curves"] = _save_figure(plot_learning_curves(runs), out / "learning_curves.png")
+        written["curves"] = save_figure(plot_learning_curves(runs), out / "learning_curves.png")
     return written
 
 
@@ -258,10 +205,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--stat", choices=STATS, default="median",
                         help="statistic over test tracks of the per-track SDR medians (default: median, SiSEC18)")
     args = parser.parse_args(argv)
-    if "matplotlib.pyplot" not in sys.modules:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only, no display needed
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     runs = load_runs(args.dirs)
     out = Path(args.out) if args.out else (Path(args.dirs[0]) / "results" if len(args.dirs) == 1 else Path("results"))

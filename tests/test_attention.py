@@ -232,12 +232,13 @@ def test_building_the_block_mask_at_8192_tokens_takes_no_n2_memory():
     cases = {"lsh": (lambda: lsh_keep_mask(q, k, 0.9, generator=torch.Generator().manual_seed(1)), 2),
              "window+global": (lambda: PatternKeepMask(StaticPattern(window=400, global_window=100), n, n, cpu), 1)}
     for name, (make, bh) in cases.items():
-        mask = make()
-        trim()
-        with PeakMemory(cpu) as mem:
-            block_mask = flex_block_mask(mask, cpu, block_elements=1 << 19)
-        dense_bools = bh * n * n
-        assert mem.peak < dense_bools / 2, (name, mem.peak / 2**20)
+        mask, dense_bools, peaks = make(), bh * n * n, []
+        while len(peaks) < 3 and (not peaks or min(peaks) >= dense_bools / 2):  # noise (other threads' arenas,
+            trim()                                                            # a loaded machine) only adds
+            with PeakMemory(cpu) as mem:
+                block_mask = flex_block_mask(mask, cpu, block_elements=1 << 19)
+            peaks.append(mem.peak)
+        assert min(peaks) < dense_bools / 2, (name, [p / 2**20 for p in peaks])
         assert block_mask.kv_indices.shape[-2:] == (n // FLEX_TILE, n // FLEX_TILE)
 
 

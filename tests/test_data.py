@@ -206,7 +206,7 @@ def test_official_musdb_validation_list_is_used(synth_root, tmp_path):
 
 
 def test_pcm16_reader_matches_soundfile_and_falls_back(synth_root, tmp_path):
-    from mss.data.tracks import read_pcm16
+    from mss.audio.pcm16 import read_pcm16
 
     path = str(first_track(synth_root) / "vocals.wav")
     total = sf.info(path).frames

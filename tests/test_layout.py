@@ -1,6 +1,7 @@
 """The layering of ../shared/DESIGN.md, checked on the source: which room of ``mss`` may import which (every
-``import`` statement, function-local ones included), and which third-party packages the networks and metrics stay
-free of. A violating import anywhere in the package fails the test, naming the file, line and rule."""
+``import`` statement, function-local ones included), which third-party packages the networks and metrics stay
+free of, and that no module imports another's private (``_``-prefixed) names. A violating import anywhere in the
+package fails the test, naming the file, line and rule."""
 
 from __future__ import annotations
 
@@ -69,8 +70,12 @@ def violations(source: str, path: Path) -> list[str]:
     if room in ENTRY_POINTS:
         return []
     module = ".".join(("mss",) + path.relative_to(PACKAGE).with_suffix("").parts)
-    bad = []
-    for line, name in imports(ast.parse(source), module):
+    tree = ast.parse(source)
+    bad = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: private name {alias.name} imported from {node.module}"
+           for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level
+           and (node.module or "").startswith("mss.") and node.module != module
+           for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+    for line, name in imports(tree, module):
         top, *rest = name.split(".")
         where = f"{path.relative_to(PACKAGE.parent)}:{line}"
         if top == "mss" and rest:
@@ -99,6 +104,7 @@ def test_rooms_import_only_what_the_layering_allows():
     ("data/datasets.py", "from mss.models.unet import UNet\n"),
     ("metrics/sdr.py", "from ..models.unet import UNet\n"),
     ("report/plots.py", "from mss import checkpoint\n"),
+    ("inference/oracle.py", "from mss.audio.wiener import _solve\n"),  # a private name across modules
 ])
 def test_a_violating_import_is_reported(room_file, source):
     assert violations(source, PACKAGE / room_file), source

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import mss.platform
-from mss.data import tracks
+from mss.audio import pcm16
 from mss.data.batch_pool import tune_worker_allocator
 from mss.data.datamodule import MSSDataModule
 from mss.platform import allocator, fileio, process
@@ -46,7 +46,7 @@ def take_capabilities_away(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.UntypedStorage, "share_memory_", no_shared_memory)
     monkeypatch.setattr(allocator, "LIBC", "libc-missing.so.6")
     monkeypatch.setattr(process, "PROC", tmp_path / "no-proc")
-    monkeypatch.setattr(tracks, "_WAV_LAYOUTS", {})  # headers parsed again, with the fallback reads
+    monkeypatch.setattr(pcm16, "_WAV_LAYOUTS", {})  # headers parsed again, with the fallback reads
 
 
 def test_switch_names_are_checked(monkeypatch):

@@ -15,6 +15,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from mss.audio.pcm16 import read_pcm16
 from mss.utils import atomic_write
 
 
@@ -102,6 +103,7 @@ def load_audio(
     start: int = 0,
     frames: int = -1,
     convert: bool = True,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Read ``(C, T)`` float32 audio.
 
@@ -109,7 +111,22 @@ def load_audio(
     from the file, the audio is resampled / channel-converted with a warning if ``convert`` is true, otherwise an
     :class:`AudioError` names the file and what was expected. Samples of float files must be finite: a NaN/Inf is
     an :class:`AudioError` naming the file and the first bad sample (:func:`check_finite`).
+
+    With ``out`` (a float32 ``(C, frames)`` CPU tensor, or int16 for the samples times 32768) ``out.shape[-1]``
+    frames from ``start`` are written into it, zeros past the end of the file, and ``out`` is returned: plain 16-bit
+    PCM WAV files of the right channels and rate straight from their bytes (:func:`mss.audio.pcm16.read_pcm16`, the
+    training loader's path), any other file through soundfile as above (int16 rounded).
     """
+    if out is not None:
+        if read_pcm16(str(path), start, out.numpy(), channels, sample_rate):
+            return out
+        wav = load_audio(path, start=start, frames=out.shape[-1], channels=channels, sample_rate=sample_rate,
+                         convert=convert)[..., :out.shape[-1]]
+        if out.dtype == torch.int16:  # exact for 16-bit files, rounded otherwise
+            wav = (wav * 32768).round_().clamp_(-32768, 32767)
+        out[..., : wav.shape[-1]] = wav
+        out[..., wav.shape[-1]:] = 0
+        return out
     path = Path(path)
     with _open(path) as f:  # one open per read: this is the training data path
         have_rate, have_channels = int(f.samplerate), int(f.channels)

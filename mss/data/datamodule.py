@@ -25,10 +25,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from mss.audio.pcm16 import is_pcm16
 from mss.data.batch_pool import collate, tune_worker_allocator
 from mss.data.datasets import SegmentDataset, TrackDataset
 from mss.data.sampling import EpochSampler, SeededDataset
-from mss.data.tracks import DatasetError, Track, decode_stems, find_tracks, is_pcm16, read_track_list
+from mss.data.tracks import DatasetError, Track, decode_stems, find_tracks, read_track_list
 from mss.platform.shm import has_shared_memory
 
 FORMATS = ("wav", "flac", "stems")

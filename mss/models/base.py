@@ -34,9 +34,9 @@ class Separator(nn.Module):
         super().__init__()
         sources, name = list(sources), type(self).__name__
         if not sources or not all(isinstance(s, str) for s in sources):
-            raise ValueError(f"{name}: sources must be a non-empty list of source names, got {sources}")
+            raise ValueError(f"{name}: sources must be a non-empty list of distinct names, got {sources}")
         if len(set(sources)) != len(sources):
-            raise ValueError(f"{name}: duplicate source names in {sources}")
+            raise ValueError(f"{name}: duplicate source names in {sources} (sources must be distinct)")
         if int(audio_channels) < 1 or int(sample_rate) < 1:
             raise ValueError(f"{name}: audio_channels and sample_rate must be positive, got "
                              f"{audio_channels} and {sample_rate}")

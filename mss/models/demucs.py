@@ -46,6 +46,13 @@ class _WaveUNet(Separator):
     depth: int
     _context_loss: int  # time steps lost per decoder layer by unpadded context convolutions
 
+    def _finish(self, channels: int, lstm_layers: int, rescale: float) -> None:
+        """After the encoder/decoder: the bottleneck BiLSTM (``lstm_layers`` > 0) and the reference's weight
+        rescaling of every layer built so far (``rescale`` > 0)."""
+        self.lstm = BLSTM(channels, lstm_layers) if lstm_layers else None
+        if rescale:
+            rescale_module(self, reference=rescale)
+
     def valid_length(self, length: int) -> int:
         """Smallest input length ``>= length`` for which every strided convolution consumes its whole input and the
         output covers ``length`` samples (``forward`` pads to it and centre-trims). For the unpadded decoder
@@ -122,7 +129,7 @@ class DemucsV2(_WaveUNet):
         context: kernel size of the (unpadded) decoder rewrite convolution.
         normalize: normalise each example by its mono mixture's mean/std (v2 default: off).
         samplerate: sample rate in Hz (metadata; ``sample_rate`` attribute).
-        segment_length: overlap-add chunk length in samples used by ``mss.inference.overlap_add_model``.
+        segment_length: overlap-add chunk length in samples used by ``mss.inference.overlap_add.apply_model``.
     """
 
     def __init__(self, sources: Sequence[str], audio_channels: int = 2, channels: int = 64, depth: int = 6,
@@ -155,9 +162,7 @@ class DemucsV2(_WaveUNet):
             self.decoder.insert(0, nn.Sequential(*decode))
             in_channels = channels
             channels = int(growth * channels)
-        self.lstm = BLSTM(in_channels, lstm_layers) if lstm_layers else None
-        if rescale:
-            rescale_module(self, reference=rescale)
+        self._finish(in_channels, lstm_layers, rescale)
 
 
 class Demucs(_WaveUNet):
@@ -237,9 +242,7 @@ class Demucs(_WaveUNet):
             self.decoder.insert(0, nn.Sequential(*decode))
             in_channels = channels
             channels = int(growth * channels)
-        self.lstm = BLSTM(in_channels, lstm_layers) if lstm_layers else None
-        if rescale:
-            rescale_module(self, reference=rescale)
+        self._finish(in_channels, lstm_layers, rescale)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Like ``nn.Module.load_state_dict``; also accepts the reference's previous-generation layout, whose

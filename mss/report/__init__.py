@@ -1,7 +1,17 @@
-"""Reporting from metric results: per-run and comparison tables (Markdown, CSV, LaTeX, rich) and figures (SiSEC-style
-box plots, per-track bar charts). Every table header / caption and every file name says which SDR is shown."""
+"""Reporting from metric results: per-run and comparison tables (Markdown, CSV, LaTeX, rich), figures (SiSEC-style
+box plots, per-track bar charts, runs' SDR bars and learning curves) and the report of an evaluation directory. Every
+table header / caption and every file name says which SDR is shown."""
 
-from mss.report.plots import load_method, plot_boxes, plot_track_bars
+from mss.report.evaluation import write_evaluation
+from mss.report.plots import (
+    load_method,
+    new_figure,
+    plot_boxes,
+    plot_learning_curves,
+    plot_sdr_bars,
+    plot_track_bars,
+    save_figure,
+)
 from mss.report.tables import (
     CONVENTION_NOTE,
     SDR_DEFINITIONS,
@@ -10,6 +20,7 @@ from mss.report.tables import (
     file_stem,
     print_table,
     results_table,
+    sources_of,
     to_latex,
     to_markdown,
     write_results,
@@ -23,12 +34,18 @@ __all__ = [
     "definition",
     "file_stem",
     "load_method",
+    "new_figure",
     "plot_boxes",
+    "plot_learning_curves",
+    "plot_sdr_bars",
     "plot_track_bars",
     "print_table",
     "results_table",
+    "save_figure",
+    "sources_of",
     "to_latex",
     "to_markdown",
+    "write_evaluation",
     "write_results",
     "write_table",
 ]

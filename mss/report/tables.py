@@ -14,7 +14,7 @@ from mss.utils import atomic_write_text
 
 __all__ = [
     "CONVENTION_NOTE", "SDR_DEFINITIONS", "comparison_table", "definition", "file_stem", "print_table",
-    "results_table", "to_latex", "to_markdown", "write_results", "write_table",
+    "results_table", "sources_of", "to_latex", "to_markdown", "write_results", "write_table",
 ]
 
 CONVENTION_NOTE = (
@@ -256,3 +256,8 @@ def comparison_table(per_track: pd.DataFrame, sources: Sequence[str] | None = No
     table.columns.name = None
     table.attrs["definition"] = definition(metric, stat)
     return table
+
+
+def sources_of(table: pd.DataFrame, prefix: str) -> list[str]:
+    """Source names of a runs table's columns ``<prefix> <source>`` (``mean`` excluded)."""
+    return [c[len(prefix) + 1:] for c in table.columns if c.startswith(prefix + " ") and not c.endswith(" mean")]
