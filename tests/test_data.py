@@ -53,7 +53,7 @@ def test_hq_loader_splits_and_batches(synth_root, tmp_path):
 
 def test_remix_draws_sources_from_different_tracks(synth_root, tmp_path):
     torch.manual_seed(0)
-    dm = make_dm(synth_root, tmp_path, remix=True, samples_per_epoch=32)
+    dm = make_dm(synth_root, tmp_path, random_tracks=True, samples_per_epoch=32)
     dm.setup("fit")
     ds = dm.train_dataloader().dataset
     calls = []
@@ -242,7 +242,7 @@ def test_pcm16_reader_matches_soundfile_and_falls_back(synth_root, tmp_path):
 def test_batches_built_in_place_equal_the_seeded_items(synth_root, tmp_path, workers):
     import itertools
 
-    dm = make_dm(synth_root, tmp_path, batch_size=3, num_workers=workers, remix=True, seed=5)
+    dm = make_dm(synth_root, tmp_path, batch_size=3, num_workers=workers, random_tracks=True, seed=5)
     dm.setup("fit")
     loader = dm.train_dataloader()
     items = list(itertools.islice(iter(loader.sampler), 3))

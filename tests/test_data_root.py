@@ -186,7 +186,8 @@ def test_diverging_loss_stops_naming_the_batch_and_keeps_the_last_good_checkpoin
 def test_described_batches_are_what_the_loader_read(small_root, tmp_path, remix):
     """``describe_train_batch`` replays the sampler's seeds: the excerpts it names are the batch rows."""
     dm = MSSDataModule(root=str(small_root), sources=SOURCES, valid_tracks="valid_tracks.txt", segment=0.25,
-                       batch_size=2, samples_per_epoch=6, cache_dir=str(tmp_path / "cache"), seed=5, remix=remix)
+                       batch_size=2, samples_per_epoch=6, cache_dir=str(tmp_path / "cache"), seed=5,
+                       random_tracks=remix)
     dm.setup("fit")
     tracks = {t.name: t for t in dm.tracks["train"]}
     loader = dm.train_dataloader()

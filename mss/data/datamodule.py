@@ -48,7 +48,7 @@ class MSSDataModule(L.LightningDataModule):
         sources: the stems the model separates, in order (``data.sources``; models read it by interpolation).
         format: ``wav``/``flac`` (MUSDB18-HQ layout) or ``stems`` (MUSDB18 ``.stem.mp4``, decoded once).
         segment: training excerpt length in seconds.
-        remix: draw each source of a training example from a random track (new mixtures every epoch).
+        random_tracks: draw each source of a training example from a random track (new mixtures every epoch).
         valid_tracks: ``musdb`` (the official 14), a file of names relative to ``root``, or a list of names.
             Validation tracks are taken out of the training subset.
         aggregates: sources built by summing others when they have no file (``accompaniment``).
@@ -69,7 +69,7 @@ class MSSDataModule(L.LightningDataModule):
 
     def __init__(self, *, root: str | None, sources: list[str], sample_rate: int = 44100, channels: int = 2,
                  format: str = "wav", segment: float = 6.0, batch_size: int = 4, num_workers: int = 0,
-                 samples_per_epoch: int = 1000, remix: bool = False, valid_tracks="musdb",
+                 samples_per_epoch: int = 1000, random_tracks: bool = False, valid_tracks="musdb",
                  train_subset: str = "train", test_subset: str = "test",
                  aggregates: dict[str, list[str]] | None = None, convert: bool = False,
                  cache_dir: str = "~/.cache/mss", synth: dict | None = None, pin_memory: bool = False,
@@ -83,7 +83,8 @@ class MSSDataModule(L.LightningDataModule):
             raise ValueError("data.root is not set: point it at a dataset folder in MUSDB18-HQ layout")
         self.sources, self.sample_rate, self.channels = list(sources), int(sample_rate), int(channels)
         self.format, self.segment, self.batch_size = format, float(segment), int(batch_size)
-        self.num_workers, self.samples_per_epoch, self.remix = int(num_workers), int(samples_per_epoch), remix
+        self.num_workers, self.samples_per_epoch = int(num_workers), int(samples_per_epoch)
+        self.random_tracks = random_tracks
         self.valid_spec, self.train_subset, self.test_subset = valid_tracks, train_subset, test_subset
         self.aggregates, self.convert, self.pin_memory = dict(aggregates or {}), convert, pin_memory
         self.cache_dir = Path(os.path.expanduser(cache_dir))
@@ -250,7 +251,7 @@ class MSSDataModule(L.LightningDataModule):
         segment = round((self.segment + self.segment_margin) * self.sample_rate)
         dataset = SegmentDataset(self.tracks["train"], self.sources, segment=segment,
                                  samples_per_epoch=self.samples_per_epoch, channels=self.channels,
-                                 sample_rate=self.sample_rate, remix=self.remix, convert=self.convert,
+                                 sample_rate=self.sample_rate, random_tracks=self.random_tracks, convert=self.convert,
                                  repitch=self.repitch, int16=self.int16_batches())
         rank, world = self._rank_world
         seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))

@@ -1,7 +1,7 @@
 """Torch datasets over :class:`~mss.data.tracks.Track` lists.
 
-- :class:`SegmentDataset`: random training excerpts, stems ``(S, C, T)``; with ``remix`` each source comes from an
-  independently drawn track and offset (new mixtures that never existed); with ``repitch`` (a
+- :class:`SegmentDataset`: random training excerpts, stems ``(S, C, T)``; with ``random_tracks`` each source comes
+  from an independently drawn track and offset (new mixtures that never existed); with ``repitch`` (a
   :class:`mss.augment.repitch.Repitch`) some examples get the same pitch/tempo change on every stem, here in the
   data-loader workers, still exactly ``T`` samples long.
 - :class:`TrackDataset`: whole tracks for validation/test: ``{"name", "mixture": (C, T), "stems": (S, C, T)}``.
@@ -16,15 +16,16 @@ from mss.data.tracks import Track
 
 
 class SegmentDataset(Dataset):
-    """``samples_per_epoch`` random excerpts of ``segment`` samples. Item ``i`` without remix reads track
-    ``i % len(tracks)`` (every track is seen equally often); the offset (and, with remix, the track of each source)
-    is random. Randomness comes from torch's generator, which Lightning seeds per worker. A repitched example reads
-    ``repitch.input_length(segment)`` samples (tempo up to +max_tempo plus guard bands) and is cut back to
-    ``segment`` samples. With ``int16`` items hold the 16-bit samples as they are (``float = int16 / 32768``: half
-    the bytes to move from the loader workers; only for single-file 16-bit sources, without repitch)."""
+    """``samples_per_epoch`` random excerpts of ``segment`` samples. Item ``i`` without ``random_tracks`` reads
+    track ``i % len(tracks)`` (every track is seen equally often); the offset (and, with ``random_tracks``, the track
+    of each source) is random. Randomness comes from torch's generator, which Lightning seeds per worker. A
+    repitched example reads ``repitch.input_length(segment)`` samples (tempo up to +max_tempo plus guard bands) and
+    is cut back to ``segment`` samples. With ``int16`` items hold the 16-bit samples as they are (``float = int16 /
+    32768``: half the bytes to move from the loader workers; only for single-file 16-bit sources, without
+    repitch)."""
 
     def __init__(self, tracks: list[Track], sources: list[str], *, segment: int, samples_per_epoch: int,
-                 channels: int, sample_rate: int, remix: bool = False, convert: bool = False, repitch=None,
+                 channels: int, sample_rate: int, random_tracks: bool = False, convert: bool = False, repitch=None,
                  int16: bool = False):
         if not tracks:
             raise ValueError("SegmentDataset: no training tracks")
@@ -32,7 +33,7 @@ class SegmentDataset(Dataset):
             raise ValueError("SegmentDataset: int16 items cannot hold repitched (resynthesised) audio")
         self.item_dtype = torch.int16 if int16 else torch.float32
         self.tracks, self.sources, self.segment = tracks, list(sources), int(segment)
-        self.samples_per_epoch, self.remix, self.repitch = int(samples_per_epoch), remix, repitch
+        self.samples_per_epoch, self.random_tracks, self.repitch = int(samples_per_epoch), random_tracks, repitch
         self.load_kw = dict(channels=channels, sample_rate=sample_rate, convert=convert)
 
     def __len__(self) -> int:
@@ -55,7 +56,7 @@ class SegmentDataset(Dataset):
         start sample of each source)``. :meth:`read` and :meth:`describe` both draw them here, in this order."""
         change = self.repitch.draw() if self.repitch is not None else None
         frames = self.segment if change is None else self.repitch.input_length(self.segment)
-        if self.remix:
+        if self.random_tracks:
             picks = [self.tracks[t] for t in torch.randint(0, len(self.tracks), (len(self.sources),)).tolist()]
             starts = [self._start(t, frames) for t in picks]
         else:
@@ -77,12 +78,12 @@ class SegmentDataset(Dataset):
         return stems if out is None else out.copy_(stems)
 
     def describe(self, index: int) -> str:
-        """Where item ``index`` comes from (track, start sample and time; per source with remix; the repitch
+        """Where item ``index`` comes from (track, start sample and time; per source with ``random_tracks``; the repitch
         change), drawn as :meth:`read` draws it but without reading audio: called in the same random state (the
         same item seed), it names exactly the excerpt :meth:`read` returned."""
         change, frames, picks, starts = self._draw(index)
         where = [f"{t.name} from sample {s} ({s / t.sample_rate:.2f} s)" for t, s in zip(picks, starts)]
-        text = (f"{where[0]}, {frames} samples" if not self.remix else
+        text = (f"{where[0]}, {frames} samples" if not self.random_tracks else
                 f"{frames} samples of " + ", ".join(f"{src}: {w}" for src, w in zip(self.sources, where)))
         if change is not None:
             text += f", repitched {change[0]:+.2f} semitones at tempo x{change[1]:.3f}"
