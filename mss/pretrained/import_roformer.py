@@ -28,8 +28,9 @@ from typing import Any
 import torch
 
 from mss.checkpoint import build_model, save_checkpoint
+from mss.pretrained.import_msst import load_msst_yaml, read_state_dict
 
-__all__ = ["convert_state_dict", "import_roformer", "load_msst_yaml", "main", "model_config"]
+__all__ = ["convert_state_dict", "import_roformer", "main", "model_config"]
 
 BS_TARGET = "mss.models.bs_roformer.BSRoformer"
 MEL_TARGET = "mss.models.mel_roformer.MelRoformer"
@@ -38,37 +39,8 @@ _UNSUPPORTED = {"num_residual_streams": 1, "use_pope": False, "add_value_residua
                 "stft_normalized": False, "use_shared_bias": False}
 
 
-def load_msst_yaml(path: str | os.PathLike) -> dict:
-    """Read an MSST YAML (accepts the ``!!python/tuple`` tags these files use)."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: list(loader.construct_sequence(node)))
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: MSST config not found")
-    with open(path) as f:
-        cfg = yaml.load(f, Loader=Loader)
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
-        raise ValueError(f"{path}: expected an MSST YAML with a 'model:' section of constructor arguments")
-    return cfg
-
-
 def _load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "state", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors (lucidrains / MSST RoFormer)")
-    for prefix in ("module.", "model."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+    state = read_state_dict(path)
     if not any(k.startswith("band_split.to_features.") for k in state):
         raise ValueError(f"{path}: no 'band_split.to_features.*' keys: not a lucidrains / MSST RoFormer state dict")
     return state
@@ -131,6 +103,9 @@ def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:
 def model_config(msst: Mapping[str, Any], state: Mapping[str, torch.Tensor], kind: str | None = None,
                  sources: list[str] | None = None) -> dict:
     """mss model config (with ``_target_``) for a reference state dict and its MSST YAML."""
+    if not isinstance(msst["model"], Mapping):
+        raise ValueError(f"expected the YAML's 'model:' section to hold the RoFormer's arguments, got "
+                         f"model: {msst['model']!r}")
     model = dict(msst["model"])
     bad = {k: model[k] for k, ok in _UNSUPPORTED.items() if k in model and model[k] not in (ok, None)}
     if bad:
