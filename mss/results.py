@@ -38,11 +38,14 @@ from mss.report import (
     load_method,
     plot_boxes,
     plot_learning_curves,
+    plot_paired,
     plot_sdr_bars,
     save_figure,
     sources_of,
     write_table,
 )
+from mss.report.statistics import paired, paired_cells, seed_rows, summary, summary_cells
+from mss.utils import atomic_write_text
 
 log = logging.getLogger("mss.results")
 
@@ -181,13 +184,41 @@ def results_table(runs: Sequence[Run], stat: str = "median", metric: str = "SDR"
 
 
 # -- outputs ---------------------------------------------------------------------------------------------------------
-def write_all(runs: Sequence[Run], out: str | os.PathLike, stat: str = "median") -> dict[str, Path]:
-    """Write the table (Markdown, CSV, LaTeX) and the plots that the runs' data allow; returns the paths."""
+def write_statistics(scores: pd.DataFrame, out: Path, stat: str = "median", level: float = 0.95,
+                     resamples: int = 10_000, seed: int = 0) -> dict[str, Path]:
+    """``results_ci.{md,csv,tex}`` (per run and source: ``stat`` over test tracks with its bootstrap CI) and, for two
+    runs or more, ``paired.{md,csv,tex}`` + ``paired.png`` (every pair's per-track difference with its CI, Wilcoxon
+    signed-rank, Holm-corrected; see :mod:`mss.report.statistics`). The CSVs hold the full numbers."""
+    kw = dict(metric="SDR", stat=stat, level=level, resamples=resamples, seed=seed)
+    table = summary(scores, **kw)
+    written = {"ci": write_table(summary_cells(table), out, "results_ci", title=f"test SDR ({stat}) with CIs",
+                                 note=table.attrs["note"], formats=("md", "tex"))[0]}
+    atomic_write_text(out / "results_ci.csv", table.to_csv())
+    if scores["method"].nunique() > 1:
+        pairs = paired(scores, **kw)
+        written["paired"] = write_table(paired_cells(pairs), out, "paired", title="paired differences (test SDR)",
+                                        note=pairs.attrs["note"], formats=("md", "tex"))[0]
+        atomic_write_text(out / "paired.csv", pairs.to_csv())
+        written["paired_plot"] = plot_paired(pairs, out / "paired.png")
+    return written
+
+
+def write_all(runs: Sequence[Run], out: str | os.PathLike, stat: str = "median", level: float = 0.95,
+              resamples: int = 10_000, seed: int = 0) -> dict[str, Path]:
+    """Write the tables (Markdown, CSV, LaTeX), the statistics (:func:`write_statistics`), the seed aggregation
+    (``results_by_config``: runs that differ only in ``seed`` as one row, mean ± std across seeds) and the plots that
+    the runs' data allow; returns the paths."""
     out = Path(out)
     scores = track_scores(runs)
     table = results_table(runs, stat=stat, scores=scores)
     md, csv, tex = write_table(table, out, "results", title=f"{len(runs)} runs", note=table.attrs["note"])
     written = {"md": md, "csv": csv, "tex": tex}
+    by_config = seed_rows(table)
+    if by_config is not None:
+        written["by_config"] = write_table(by_config, out, "results_by_config", title="mean ± std across seeds",
+                                           note=table.attrs["note"])[0]
+    if not scores.empty:
+        written.update(write_statistics(scores, out, stat, level, resamples, seed))
     if sources_of(table, f"test SDR ({stat})") or sources_of(table, "val nSDR"):
         written["bars"] = save_figure(plot_sdr_bars(table), out / "sdr_bars.png")
     if not scores.empty:
@@ -204,11 +235,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--out", help="output folder (default: <DIR>/results for one DIR, else ./results)")
     parser.add_argument("--stat", choices=STATS, default="median",
                         help="statistic over test tracks of the per-track SDR medians (default: median, SiSEC18)")
+    parser.add_argument("--level", type=float, default=0.95, help="confidence level of the bootstrap CIs")
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (BCa)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     runs = load_runs(args.dirs)
     out = Path(args.out) if args.out else (Path(args.dirs[0]) / "results" if len(args.dirs) == 1 else Path("results"))
-    written = write_all(runs, out, stat=args.stat)
+    written = write_all(runs, out, stat=args.stat, level=args.level, resamples=args.resamples, seed=args.seed)
     print(written["md"].read_text())
     log.info("%d runs; written: %s", len(runs), ", ".join(str(p) for p in written.values()))
     return written

@@ -19,11 +19,14 @@ SOURCES = ["drums", "bass", "other", "vocals"]
 TRACKS = ["track-a", "track-b", "track-c"]
 
 
-def fake_run(run_dir: Path, lr: float, quality: float, epochs: int = 3, seed: int = 0) -> Path:
-    """A run whose scores grow with ``quality`` (dB); ``lr`` ends up in its resolved config."""
+def fake_run(run_dir: Path, lr: float, quality: float, epochs: int = 3, seed: int = 0,
+             config_seed: int | None = None) -> Path:
+    """A run whose scores grow with ``quality`` (dB); ``lr`` (and ``config_seed`` as ``seed``) end up in its resolved
+    config; ``seed`` draws its scores."""
     rng = np.random.default_rng(seed)
     cfg = compose("train", [f"paths.output_dir={run_dir}", f"paths.cache_dir={run_dir.parent / 'cache'}",
-                            "data.root=/data/musdb", "data.synth=null", f"module.optimizer.lr={lr}"])
+                            "data.root=/data/musdb", "data.synth=null", f"module.optimizer.lr={lr}",
+                            *([f"seed={config_seed}"] if config_seed is not None else [])])
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (run_dir / "git_sha.txt").write_text("0123abcd\n")

@@ -4,6 +4,7 @@ directories into tables and plots; a real multirun leaves one complete run direc
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from PIL import Image
 
 from mss.results import load_runs, main, results_table, track_scores
 from mss.run import CONF_DIR
-from tests._runs import SOURCES, TRACKS, fake_sweep
+from tests._runs import SOURCES, TRACKS, fake_run, fake_sweep
 from tests.conftest import TINY_TRAIN
 
 
@@ -106,6 +107,26 @@ def test_results_collects_a_sweep_into_tables_and_plots(tmp_path):
     for key in ("bars", "boxes", "curves"):
         with Image.open(written[key]) as image:
             assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_results_statistics_of_a_two_method_three_seed_sweep(tmp_path):
+    """2 learning rates x 3 seeds: CIs per run, every pair's paired difference (Holm over 15 pairs x 5 columns), and
+    the seeds of each configuration folded into one row (mean ± std, 3 seeds)."""
+    sweep = tmp_path / "sweep"
+    for k, (lr, quality) in enumerate((lr, q) for lr, q in ((1e-3, 6.0), (3e-4, 2.0)) for _ in range(3)):
+        fake_run(sweep / f"{k}_12-00-00-00000{k}", lr=lr, quality=quality, seed=k, config_seed=k % 3)
+    written = main([str(sweep), "--out", str(tmp_path / "out"), "--resamples", "2000"])
+    ci = pd.read_csv(tmp_path / "out" / "results_ci.csv", index_col=[0, 1])
+    assert len(ci) == 6 * 5 and ((ci["low"] <= ci["estimate"]) & (ci["estimate"] <= ci["high"])).all()
+    assert re.search(r"\| 0_12-00-00-000000 \| -?\d+\.\d\d \[-?\d+\.\d\d, -?\d+\.\d\d\]", written["ci"].read_text())
+    pairs = pd.read_csv(tmp_path / "out" / "paired.csv", index_col=[0, 1, 2])
+    assert len(pairs) == 15 * 5 and "(n.s.)" in written["paired"].read_text()
+    across = pairs.xs("vocals", level="source")
+    assert (across["difference"].loc[("0_12-00-00-000000", "3_12-00-00-000003")] > 2.0)  # 6 dB vs 2 dB runs
+    by_config = written["by_config"].read_text()
+    assert by_config.count("| 3 |") == 2 and "±" in by_config and "0.001" in by_config and "0.0003" in by_config
+    with Image.open(written["paired_plot"]) as image:
+        assert image.format == "PNG"
 
 
 def test_results_errors_name_the_problem(tmp_path):

@@ -24,8 +24,8 @@ from mss.metrics import read_track_json, track_medians
 from mss.report.tables import definition, sources_of
 from mss.utils import atomic_write
 
-__all__ = ["load_method", "new_figure", "plot_boxes", "plot_learning_curves", "plot_sdr_bars", "plot_track_bars",
-           "save_figure"]
+__all__ = ["load_method", "new_figure", "plot_boxes", "plot_learning_curves", "plot_paired", "plot_sdr_bars",
+           "plot_track_bars", "save_figure"]
 
 
 def load_method(eval_dir: str | os.PathLike, method: str | None = None, subset: str = "test") -> pd.DataFrame:
@@ -171,3 +171,24 @@ def plot_learning_curves(runs: Sequence, metrics: Sequence[str] = ("train/loss_e
         ax.grid(alpha=0.3)
     axes[0, -1].legend(fontsize=7, loc="best")
     return fig
+
+
+def plot_paired(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Paired differences between methods (:func:`mss.report.statistics.paired`): one panel per source, per pair
+    the difference with its CI; filled markers where the Holm-corrected test is significant. Writes ``path``."""
+    sources = list(dict.fromkeys(table.index.get_level_values("source")))
+    pairs = list(dict.fromkeys((a, b) for a, b, _ in table.index))
+    fig, axes = new_figure(len(sources), 3.0, max(2.0, 0.9 + 0.4 * len(pairs)))
+    for ax, source in zip(axes[0], sources):
+        for k, (a, b) in enumerate(pairs):
+            row = table.loc[(a, b, source)]
+            err = [[row["difference"] - row["low"]], [row["high"] - row["difference"]]]
+            ax.errorbar([row["difference"]], [k], xerr=err, fmt="o", color="tab:blue",
+                        mfc="tab:blue" if row["significant"] else "white", capsize=3)
+        ax.axvline(0, color="black", lw=0.6)
+        ax.set_title(source)
+        ax.set_yticks(range(len(pairs)), [f"{a} − {b}" for a, b in pairs] if ax is axes[0][0] else [""] * len(pairs))
+        ax.set_xlabel("difference [dB]")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("paired per-track differences with bootstrap CIs (filled: significant after Holm)", fontsize=9)
+    return save_figure(fig, path)

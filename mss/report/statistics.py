@@ -1,0 +1,196 @@
+"""Statistics a reviewer can check: bootstrap confidence intervals of the per-track scores and paired comparisons
+between methods.
+
+Input: the long per-track DataFrame ``method, track, target, metric, score`` (:func:`mss.report.load_method`; one
+score per track, e.g. BSS Eval v4's median over frames). Per source and for ``mean`` (the mean over sources of each
+track's scores, over tracks scored for every source):
+
+* :func:`summary` — the median (SiSEC18) or mean over tracks with a bootstrap confidence interval
+  (:func:`scipy.stats.bootstrap`: ``BCa`` or ``percentile``, seeded, ``level`` and ``resamples`` configurable).
+* :func:`paired` — for every pair of methods, the per-track differences ``A - B`` on the tracks both scored, their
+  median (or mean) with a bootstrap CI, the Wilcoxon signed-rank test (:func:`scipy.stats.wilcoxon`, two-sided;
+  zero differences dropped, ``zero_method="wilcox"``; tied magnitudes get average ranks and the normal
+  approximation where scipy's exact distribution does not apply) and Holm's step-down correction across all the
+  pairs and sources in the table (``p_holm``; ``significant`` at ``alpha``).
+
+NaN scores (a source silent in a track, so museval skipped its frames) drop that track from that source's
+statistics and from the pairs involving it; ``n`` says how many tracks remain. A set of identical values (including
+identical methods) has a zero-width interval and ``p = 1``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = ["bootstrap_ci", "format_ci", "holm", "paired", "paired_cells", "seed_rows", "summary", "summary_cells"]
+
+STATS = ("median", "mean")
+METHODS = ("BCa", "percentile")
+# scipy >= 1.15 names the generator argument `rng`; older versions `random_state`
+_RNG = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
+
+
+def _statistic(stat: str):
+    if stat not in STATS:
+        raise ValueError(f"stat={stat!r}: expected one of {STATS}")
+    return np.median if stat == "median" else np.mean
+
+
+def bootstrap_ci(values: Sequence[float], stat: str = "median", level: float = 0.95, resamples: int = 10_000,
+                 seed: int = 0, method: str = "BCa") -> tuple[float, float, float]:
+    """``(estimate, low, high)``: ``stat`` of the finite ``values`` and its two-sided ``level`` bootstrap
+    interval (NaN for no values; a zero-width interval when all values are equal)."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: expected one of {METHODS}")
+    if not 0 < level < 1:
+        raise ValueError(f"level={level}: expected a confidence level in (0, 1)")
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    fn = _statistic(stat)
+    if x.size == 0:
+        return (np.nan, np.nan, np.nan)
+    estimate = float(fn(x))
+    if x.size == 1 or np.all(x == x[0]):
+        return (estimate, estimate, estimate)
+    res = stats.bootstrap((x,), lambda a, axis: fn(a, axis=axis), n_resamples=int(resamples), vectorized=True,
+                          confidence_level=level, method=method, **{_RNG: np.random.default_rng(seed)})
+    low, high = res.confidence_interval
+    return (estimate, float(low), float(high))
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control; NaN entries are left out of the family)."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full_like(p, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m, running = len(order), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def _scores(per_track: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """``(method, track) x target`` table of ``metric`` with a ``mean`` column (over the track's sources, NaN
+    when one of them is NaN)."""
+    need = {"method", "track", "target", "metric", "score"}
+    if not need <= set(per_track.columns):
+        raise ValueError(f"per_track needs columns {sorted(need)}; got {list(per_track.columns)}")
+    df = per_track[per_track["metric"] == metric]
+    if df.empty:
+        raise ValueError(f"no {metric} scores in the per-track table")
+    wide = df.pivot_table(index=["method", "track"], columns="target", values="score", aggfunc="first",
+                          dropna=False)
+    wide = wide[list(dict.fromkeys(df["target"]))]
+    wide["mean"] = wide.mean(axis=1, skipna=False)
+    return wide
+
+
+def summary(per_track: pd.DataFrame, metric: str = "SDR", stat: str = "median", level: float = 0.95,
+            resamples: int = 10_000, seed: int = 0, method: str = "BCa") -> pd.DataFrame:
+    """Per method and source (and ``mean``): ``estimate, low, high, n`` (``stat`` over tracks and its bootstrap
+    CI). Rows ``(method, source)``, methods in their order of appearance."""
+    wide = _scores(per_track, metric)
+    rows = []
+    for name in dict.fromkeys(wide.index.get_level_values("method")):
+        block = wide.loc[name]
+        for source in wide.columns:
+            values = block[source].to_numpy(float)
+            estimate, low, high = bootstrap_ci(values, stat, level, resamples, seed, method)
+            rows.append({"method": name, "source": source, "estimate": estimate, "low": low, "high": high,
+                         "n": int(np.isfinite(values).sum())})
+    table = pd.DataFrame(rows).set_index(["method", "source"])
+    table.attrs["note"] = (f"{metric}: {stat} over tracks, {level:.0%} bootstrap CI ({method}, {resamples} "
+                           f"resamples, seed {seed}); NaN tracks dropped per source")
+    return table
+
+
+def paired(per_track: pd.DataFrame, metric: str = "SDR", stat: str = "median", level: float = 0.95,
+           resamples: int = 10_000, seed: int = 0, method: str = "BCa", alpha: float = 0.05) -> pd.DataFrame:
+    """Every pair of methods ``(A, B)`` (in order of appearance) and source: the ``stat`` of the per-track
+    differences ``A - B`` with its bootstrap CI, the tracks used ``n``, the Wilcoxon signed-rank statistic and
+    p-value, Holm's adjusted p over the whole table and ``significant`` (``p_holm < alpha``)."""
+    wide = _scores(per_track, metric)
+    methods = list(dict.fromkeys(wide.index.get_level_values("method")))
+    if len(methods) < 2:
+        raise ValueError(f"paired comparisons need two methods or more, got {methods}")
+    rows = []
+    for a, b in itertools.combinations(methods, 2):
+        both = wide.loc[a].join(wide.loc[b], lsuffix="_a", rsuffix="_b", how="inner")
+        for source in wide.columns:
+            diff = (both[f"{source}_a"] - both[f"{source}_b"]).to_numpy(float)
+            diff = diff[np.isfinite(diff)]
+            estimate, low, high = bootstrap_ci(diff, stat, level, resamples, seed, method)
+            w, p = (np.nan, 1.0) if not np.any(diff) else stats.wilcoxon(diff, zero_method="wilcox")
+            rows.append({"a": a, "b": b, "source": source, "difference": estimate, "low": low, "high": high,
+                         "n": int(diff.size), "wilcoxon": float(w), "p": float(p) if diff.size else np.nan})
+    table = pd.DataFrame(rows)
+    table["p_holm"] = holm(table["p"].to_numpy())
+    table["significant"] = table["p_holm"] < alpha
+    table = table.set_index(["a", "b", "source"])
+    table.attrs["note"] = (f"{metric} differences A - B per track: {stat} with {level:.0%} bootstrap CI "
+                           f"({method}); Wilcoxon signed-rank (zero differences dropped), Holm-corrected over the "
+                           f"{len(table)} comparisons; * significant at {alpha}")
+    return table
+
+
+def format_ci(estimate: float, low: float, high: float, decimals: int = 2, mark: bool = False) -> str:
+    """``"9.12 [8.90, 9.40]"`` (a trailing ``*`` with ``mark``); ``"–"`` for NaN."""
+    if not np.isfinite(estimate):
+        return "–"
+    text = f"{estimate:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
+    return text + ("*" if mark else "")
+
+
+def summary_cells(table: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
+    """:func:`summary` as printed: rows methods, columns sources (and ``mean``), cells ``"est [low, high]"``."""
+    cells = table.apply(lambda r: format_ci(r["estimate"], r["low"], r["high"], decimals), axis=1)
+    wide = cells.unstack("source")[list(dict.fromkeys(table.index.get_level_values("source")))]
+    wide.index.name, wide.columns.name = "method", None
+    return wide
+
+
+def paired_cells(table: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
+    """:func:`paired` as printed: rows ``"A − B"``, columns sources, cells ``"diff [low, high]"``, with ``" (n.s.)"``
+    where the Holm-corrected test finds no significant difference."""
+    cells = table.apply(lambda r: format_ci(r["difference"], r["low"], r["high"], decimals)
+                        + ("" if r["significant"] else " (n.s.)"), axis=1)
+    cells.index = pd.MultiIndex.from_tuples([(f"{a} − {b}", s) for a, b, s in cells.index], names=["pair", "source"])
+    wide = cells.unstack("source")[list(dict.fromkeys(table.index.get_level_values("source")))]
+    wide = wide.reindex(list(dict.fromkeys(cells.index.get_level_values("pair"))))
+    wide.columns.name = None
+    return wide
+
+
+def seed_rows(table: pd.DataFrame, seed_column: str = "seed", decimals: int = 2) -> pd.DataFrame | None:
+    """Runs that differ only in ``seed_column`` as one row each: ``"mean ± std"`` across seeds of every numeric
+    column (e.g. each source's track median) and the seed count ``seeds``; ``None`` when no configuration has more
+    than one seed. ``table``: one row per run, the differing config columns first (``mss.results.results_table``)."""
+    if seed_column not in table.columns:
+        return None
+    numeric = [c for c in table.columns if c != seed_column and pd.api.types.is_numeric_dtype(table[c])]
+    factors = [c for c in table.columns if c not in numeric and c != seed_column]
+    keys = table[factors].astype(str).agg(", ".join, axis=1) if factors else pd.Series("all runs", table.index)
+    groups = table.groupby(keys, sort=False)
+    if groups.size().max() < 2:
+        return None
+
+    def cell(values: pd.Series) -> str:
+        values = values.dropna().astype(float)
+        if values.empty:
+            return "–"
+        std = values.std(ddof=1) if len(values) > 1 else 0.0
+        return f"{values.mean():.{decimals}f} ± {std:.{decimals}f}"
+
+    rows = {key: {**{c: group[c].iloc[0] for c in factors}, **{c: cell(group[c]) for c in numeric},
+                  "seeds": len(group)} for key, group in groups}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "configuration"
+    return out
