@@ -10,6 +10,8 @@ SDR). Written under the run directory:
 * ``track_info/<subset>/<track>.json``: per-track nSDR, backend and conditioning flag (resume reads it);
 * ``results.{md,csv,tex}``: median over frames per track, then median (SiSEC18) and mean over tracks, both labelled,
   plus nSDR (mean over tracks); ``per_track.csv``; ``boxplot_SDR-v4.png`` and ``per-track_SDR-v4.png``;
+* ``report.md``: the failure report (worst tracks and 1 s frames per source, frames where a target is silent, the
+  saved estimates to listen to);
 * optionally ``estimates/<track>/<source>.wav``.
 
 Tracks whose JSON and track_info already exist (same sources, backend, frames) are skipped (``evaluation.resume``), so
@@ -248,7 +250,7 @@ def report(out: Path, names: list[str], sources: list[str], cfg, title: str) -> 
     metric_note = "BSS Eval v4" + (" (SDR only)" if cfg.get("sdr_only") else "") + f", backend {cfg.backend}"
     return write_evaluation(out, pd.concat(stores, ignore_index=True), nsdrs, sources, title=title,
                             console_title=f"{len(names)} {cfg.subset} tracks — {metric_note} + nSDR",
-                            plots=cfg.get("plots", True))
+                            plots=cfg.get("plots", True), win=float(cfg.win))
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")

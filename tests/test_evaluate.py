@@ -39,7 +39,7 @@ def test_oracle_evaluation_backends_agree_and_files(small_root, tmp_path):
     table = ev.evaluate(None, cfg.data, cfg.evaluation, tmp_path / "mss", model_cfg=cfg.model)
     assert list(table.index) == ["vocals", "accompaniment", "mean"]
     for name in ("results.md", "results.csv", "results.tex", "per_track.csv", "boxplot_SDR-v4.png",
-                 "per-track_SDR-v4.png"):
+                 "per-track_SDR-v4.png", "report.md"):
         assert (tmp_path / "mss" / name).stat().st_size > 0, name
     assert "BSS Eval v4" in (tmp_path / "mss" / "results.md").read_text()
     assert r"\toprule" in (tmp_path / "mss" / "results.tex").read_text()

@@ -172,3 +172,21 @@ def test_load_method_reads_museval_json(tmp_path) -> None:
     assert table.loc["mine", "vocals"] == pytest.approx(2.0)  # per-track median t + 1, median over t = 0, 1, 2
     with pytest.raises(FileNotFoundError, match="no museval per-track JSON"):
         load_method(tmp_path / "empty")
+
+
+def test_failure_report_names_worst_tracks_frames_silent_frames_and_estimates(tmp_path) -> None:
+    from mss.report.evaluation import failure_report
+
+    rows = [{"time": float(t), "target": src, "metric": "SDR", "track": track,
+             "score": base + t + (0.0 if src == "vocals" else 5.0)}
+            for track, base in (("good", 10.0), ("bad", -3.0)) for src in ("vocals", "drums") for t in range(4)]
+    rows[1]["score"] = float("nan")  # good/vocals at 1 s: silent target
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "vocals.wav").write_bytes(b"RIFF")
+    text = failure_report(pd.DataFrame(rows), ["vocals", "drums"], title="net on data", estimates=tmp_path, worst=2)
+    vocals = text.split("## vocals")[1].split("## drums")[0]
+    assert vocals.index("- bad: -1.50 dB") < vocals.index("- good: 12.00 dB")  # worst first (median over frames)
+    assert f"(listen: `{tmp_path / 'bad' / 'vocals.wav'}`)" in vocals
+    assert "- bad 0.0–1.0 s: -3.00 dB" in vocals and "- bad 1.0–2.0 s: -2.00 dB" in vocals
+    assert "vocals is silent (NaN, left out of every statistic): 1" in vocals and "- good: 1 s" in vocals
+    assert "No frame with a silent target." in text.split("## drums")[1]
