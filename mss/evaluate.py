@@ -22,6 +22,7 @@ an interrupted evaluation continues where it stopped when re-run with the same `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
+from mss import __version__
 from mss.audio.io import save_audio
 from mss.checkpoint import build_model, model_from_checkpoint, read_checkpoint
 from mss.inference.overlap_add import apply_model
@@ -104,6 +106,57 @@ def _process(net, item, sources, sample_rate, cfg, out, device, metrics_device, 
     args = (item["stems"], est, item["name"], sources, sample_rate, OmegaConf.to_container(cfg), out, nsdrs,
             metrics_device)
     return pool.submit(_score, *args) if pool is not None else _score(*args)
+
+
+# ----------------------------------------------------------------------------------------------- protocol
+
+
+def _sha256(path: str | Path, digits: int = 16) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:digits]
+
+
+def protocol(spec: dict, data_cfg, cfg, names: list[str], root: Path) -> dict:
+    """What a number of this evaluation means and what it was measured on (``protocol.json``, the results'
+    note, and what ``mss.results`` compares across runs): metric definition, frames, dataset and track list,
+    audio, inference settings, the model (checkpoint hash) and the mss version."""
+    from mss.data.synth import read_manifest
+
+    model = spec["checkpoint"]["mss"]["model"] if "checkpoint" in spec else spec["model"]
+    manifest = read_manifest(root) or {}
+    keys = ("wiener_iterations", "wiener_iters", "weights")
+    return {
+        "metric": "BSS Eval v4 (museval images variant): median over frames per track"
+                  + (", SDR only" if cfg.sdr_only else "") + "; nSDR: MDX whole-track SDR",
+        "frames": {"win": float(cfg.win), "hop": float(cfg.hop)},
+        "backend": cfg.backend,
+        "dataset": {"datamodule": data_cfg.get("_target_"), "format": data_cfg.get("format"),
+                    "synthetic": manifest.get("params"), "root": str(root)},
+        "subset": cfg.subset,
+        "tracks": len(names),
+        "track_list_sha1": hashlib.sha1("\n".join(sorted(names)).encode()).hexdigest()[:12],
+        "audio": {"excerpt": "full tracks", "sample_rate": int(data_cfg.sample_rate),
+                  "channels": int(data_cfg.channels), "sources": list(data_cfg.sources)},
+        "inference": {"segment": cfg.segment, "overlap": float(cfg.overlap), "shifts": int(cfg.shifts),
+                      **{k: model[k] for k in keys if k in model}},
+        "model": {"target": model.get("_target_"),
+                  "checkpoint_sha256": _sha256(spec["ckpt"]) if "ckpt" in spec else None},
+        "mss_version": __version__,
+    }
+
+
+def protocol_note(p: dict) -> str:
+    """One line of :func:`protocol` for a table's note."""
+    inference = ", ".join(f"{k} {v}" for k, v in p["inference"].items())
+    data = "synthetic" if p["dataset"]["synthetic"] else (p["dataset"]["format"] or "folder")
+    sha = p["model"]["checkpoint_sha256"]
+    return (f"Protocol: {p['metric']}; {p['frames']['win']:g} s frames, hop {p['frames']['hop']:g} s; "
+            f"{data} {p['subset']} split, {p['tracks']} tracks (list {p['track_list_sha1']}), "
+            f"{p['audio']['excerpt']}, {p['audio']['sample_rate']} Hz; {inference}; "
+            + (f"checkpoint sha256 {sha}; " if sha else "") + f"mss {p['mss_version']}.")
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -226,11 +279,13 @@ def evaluate(ckpt: str | Path | None, data_cfg: DictConfig, eval_cfg: DictConfig
                 _process(net, tracks[i], sources, sr, cfg, out, device, metrics_device)
                 bar.update()
         bar.close()
+    stamp = protocol(spec, data_cfg, cfg, names, datamodule.wav_root)
+    atomic_write_text(out / "protocol.json", json.dumps(stamp, indent=2) + "\n")
     return report(out, names, sources, cfg, title=f"{label} on {datamodule.wav_root.name}/{cfg.subset} "
-                                                  f"({len(names)} tracks)")
+                                                  f"({len(names)} tracks)", note=protocol_note(stamp))
 
 
-def report(out: Path, names: list[str], sources: list[str], cfg, title: str) -> pd.DataFrame:
+def report(out: Path, names: list[str], sources: list[str], cfg, title: str, note: str | None = None) -> pd.DataFrame:
     """Read the per-track files of an evaluation directory and write its report (:func:`mss.report.write_evaluation`)
     and the list of tracks whose ISR/SIR/SAR are unreliable."""
     stores, nsdrs, flagged = [], {s: [] for s in sources}, []
@@ -250,7 +305,7 @@ def report(out: Path, names: list[str], sources: list[str], cfg, title: str) -> 
     metric_note = "BSS Eval v4" + (" (SDR only)" if cfg.get("sdr_only") else "") + f", backend {cfg.backend}"
     return write_evaluation(out, pd.concat(stores, ignore_index=True), nsdrs, sources, title=title,
                             console_title=f"{len(names)} {cfg.subset} tracks — {metric_note} + nSDR",
-                            plots=cfg.get("plots", True), win=float(cfg.win))
+                            plots=cfg.get("plots", True), win=float(cfg.win), note=note)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")

@@ -66,6 +66,7 @@ class Run:
     git_sha: str = "unknown"
     metrics: pd.DataFrame | None = None  # Lightning CSV log (rows: logging events)
     results: pd.DataFrame | None = None  # eval/results.csv (index: sources + "mean")
+    protocol: dict | None = None  # eval/protocol.json (mss.evaluate.protocol)
 
     @property
     def epochs(self) -> pd.DataFrame:
@@ -120,7 +121,58 @@ def load_run(path: str | os.PathLike, name: str | None = None) -> Run:
         run.metrics = pd.read_csv(csvs[-1])
     if (path / "eval" / "results.csv").is_file():
         run.results = pd.read_csv(path / "eval" / "results.csv", index_col=0)
+    if (path / "eval" / "protocol.json").is_file():
+        run.protocol = json.loads((path / "eval" / "protocol.json").read_text())
     return run
+
+
+# what must agree for test numbers to share a table (the model's own settings, the backend, paths and the mss
+# version are recorded in protocol.json but may differ)
+COMPARED = ("metric", "frames", "dataset.format", "dataset.synthetic", "subset", "tracks", "track_list_sha1",
+            "audio", "inference.segment", "inference.overlap", "inference.shifts")
+
+
+class MixedProtocolError(ValueError):
+    """Runs evaluated under different protocols were put in one table without ``allow_mixed``."""
+
+
+def _protocol_value(protocol: dict, key: str):
+    node = protocol
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def protocol_differences(runs: Sequence[Run]) -> dict[str, dict[str, object]]:
+    """``{key: {run: value}}`` for every :data:`COMPARED` protocol key on which evaluated runs disagree."""
+    stamped = [r for r in runs if r.protocol is not None]
+    out = {}
+    for key in COMPARED:
+        values = {r.name: _protocol_value(r.protocol, key) for r in stamped}
+        if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+            out[key] = values
+    return out
+
+
+def check_protocols(runs: Sequence[Run], allow_mixed: bool = False) -> str:
+    """The protocol line of a table of ``runs``: the common protocol's summary, or, with ``allow_mixed``, a
+    footnote listing the differences. Different protocols without ``allow_mixed``: :class:`MixedProtocolError`."""
+    differences = protocol_differences(runs)
+    if differences and not allow_mixed:
+        listed = "; ".join(f"{key}: " + ", ".join(f"{run}={value}" for run, value in values.items())
+                           for key, values in differences.items())
+        raise MixedProtocolError(f"the runs were evaluated under different protocols ({listed}); pass "
+                                 "--allow-mixed (allow_mixed=True) to put them in one table with the differences "
+                                 "footnoted")
+    if differences:
+        return "Protocols differ: " + "; ".join(
+            f"{key}: " + ", ".join(f"{run}={value}" for run, value in values.items())
+            for key, values in differences.items()) + "."
+    first = next((r.protocol for r in runs if r.protocol is not None), None)
+    if first is None:
+        return ""
+    return (f"Protocol: {first['metric']}; {first['frames']['win']:g} s frames; {first['subset']} split, "
+            f"{first['tracks']} tracks (list {first['track_list_sha1']}); {first['audio']['sample_rate']} Hz.")
 
 
 def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
@@ -149,12 +201,14 @@ def track_scores(runs: Sequence[Run], subset: str = "test") -> pd.DataFrame:
 
 
 def results_table(runs: Sequence[Run], stat: str = "median", metric: str = "SDR",
-                  scores: pd.DataFrame | None = None) -> pd.DataFrame:
+                  scores: pd.DataFrame | None = None, allow_mixed: bool = False) -> pd.DataFrame:
     """One row per run: differing config, test ``metric`` per source (``stat`` over tracks of the per-track
     medians, :func:`mss.report.comparison_table`) and their mean, the number of test tracks, the best validation
-    nSDR and its per-source values. Column names carry the convention; ``table.attrs["note"]`` defines them."""
+    nSDR and its per-source values. Column names carry the convention; ``table.attrs["note"]`` defines them and
+    states the runs' evaluation protocol (:func:`check_protocols`: different protocols need ``allow_mixed``)."""
     if stat not in STATS:
         raise ValueError(f"stat={stat!r}: expected one of {STATS}")
+    protocol_line = check_protocols(runs, allow_mixed)
     scores = track_scores(runs) if scores is None else scores
     test = pd.DataFrame(index=[r.name for r in runs])
     if not scores.empty:
@@ -179,7 +233,8 @@ def results_table(runs: Sequence[Run], stat: str = "median", metric: str = "SDR"
         test["test tracks"] = test["test tracks"].astype("Int64")
     table = pd.concat([differing_config(runs), test, val], axis=1)
     table.index.name = "run"
-    table.attrs["note"] = f"test {metric} ({stat}): {definition(metric, stat)}. {VAL_NOTE}"
+    table.attrs["note"] = f"test {metric} ({stat}): {definition(metric, stat)}. {VAL_NOTE}" + (
+        f" {protocol_line}" if protocol_line else "")
     return table
 
 
@@ -204,13 +259,13 @@ def write_statistics(scores: pd.DataFrame, out: Path, stat: str = "median", leve
 
 
 def write_all(runs: Sequence[Run], out: str | os.PathLike, stat: str = "median", level: float = 0.95,
-              resamples: int = 10_000, seed: int = 0) -> dict[str, Path]:
+              resamples: int = 10_000, seed: int = 0, allow_mixed: bool = False) -> dict[str, Path]:
     """Write the tables (Markdown, CSV, LaTeX), the statistics (:func:`write_statistics`), the seed aggregation
     (``results_by_config``: runs that differ only in ``seed`` as one row, mean ± std across seeds) and the plots that
     the runs' data allow; returns the paths."""
     out = Path(out)
     scores = track_scores(runs)
-    table = results_table(runs, stat=stat, scores=scores)
+    table = results_table(runs, stat=stat, scores=scores, allow_mixed=allow_mixed)
     md, csv, tex = write_table(table, out, "results", title=f"{len(runs)} runs", note=table.attrs["note"])
     written = {"md": md, "csv": csv, "tex": tex}
     by_config = seed_rows(table)
@@ -238,11 +293,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--level", type=float, default=0.95, help="confidence level of the bootstrap CIs")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (BCa)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="put runs evaluated under different protocols in one table (differences footnoted)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     runs = load_runs(args.dirs)
     out = Path(args.out) if args.out else (Path(args.dirs[0]) / "results" if len(args.dirs) == 1 else Path("results"))
-    written = write_all(runs, out, stat=args.stat, level=args.level, resamples=args.resamples, seed=args.seed)
+    written = write_all(runs, out, stat=args.stat, level=args.level, resamples=args.resamples, seed=args.seed,
+                        allow_mixed=args.allow_mixed)
     print(written["md"].read_text())
     log.info("%d runs; written: %s", len(runs), ", ".join(str(p) for p in written.values()))
     return written

@@ -42,6 +42,11 @@ def test_oracle_evaluation_backends_agree_and_files(small_root, tmp_path):
                  "per-track_SDR-v4.png", "report.md"):
         assert (tmp_path / "mss" / name).stat().st_size > 0, name
     assert "BSS Eval v4" in (tmp_path / "mss" / "results.md").read_text()
+    stamp = json.loads((tmp_path / "mss" / "protocol.json").read_text())
+    assert stamp["frames"] == {"win": 1.0, "hop": 1.0} and stamp["subset"] == "test" and stamp["tracks"] == 1
+    assert stamp["audio"]["sample_rate"] == 8000 and stamp["dataset"]["synthetic"]["sample_rate"] == 8000
+    assert stamp["model"]["target"] == "mss.inference.oracle.Oracle" and stamp["mss_version"]
+    assert f"1 tracks (list {stamp['track_list_sha1']})" in (tmp_path / "mss" / "results.md").read_text()
     assert r"\toprule" in (tmp_path / "mss" / "results.tex").read_text()
 
     cfg = _cfg(small_root, "evaluation.backend=museval", "evaluation.plots=false")

@@ -129,6 +129,27 @@ def test_results_statistics_of_a_two_method_three_seed_sweep(tmp_path):
         assert image.format == "PNG"
 
 
+def test_results_refuse_mixed_protocols_unless_allowed(tmp_path):
+    import json
+
+    from mss.results import MixedProtocolError
+
+    sweep = fake_sweep(tmp_path / "sweep")
+    stamp = {"metric": "BSS Eval v4", "frames": {"win": 1.0, "hop": 1.0}, "dataset": {"format": "wav"},
+             "subset": "test", "tracks": 3, "track_list_sha1": "abc", "audio": {"sample_rate": 44100},
+             "inference": {"segment": None, "overlap": 0.25, "shifts": 0}}
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    for run, win in zip(runs, (1.0, 1.0)):
+        (run / "eval" / "protocol.json").write_text(json.dumps({**stamp, "frames": {"win": win, "hop": 1.0}}))
+    md = main([str(sweep), "--out", str(tmp_path / "same")])["md"].read_text()
+    assert "Protocol: BSS Eval v4; 1 s frames; test split, 3 tracks (list abc); 44100 Hz." in md
+    (runs[1] / "eval" / "protocol.json").write_text(json.dumps({**stamp, "frames": {"win": 2.0, "hop": 1.0}}))
+    with pytest.raises(MixedProtocolError, match=r"different protocols \(frames: .*'win': 2\.0.*--allow-mixed"):
+        main([str(sweep), "--out", str(tmp_path / "mixed")])
+    md = main([str(sweep), "--out", str(tmp_path / "mixed"), "--allow-mixed"])["md"].read_text()
+    assert "Protocols differ: frames: 0_12-00-00-000001={'win': 1.0" in md
+
+
 def test_results_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such run or sweep directory"):
         main([str(tmp_path / "missing")])

@@ -12,7 +12,7 @@ import pandas as pd
 
 from mss.metrics import aggregate, track_medians
 from mss.report.plots import plot_boxes, plot_track_bars
-from mss.report.tables import print_table, results_table, write_results
+from mss.report.tables import CONVENTION_NOTE, print_table, results_table, write_results
 from mss.utils import atomic_write_text
 
 __all__ = ["failure_report", "write_evaluation"]
@@ -20,7 +20,7 @@ __all__ = ["failure_report", "write_evaluation"]
 
 def write_evaluation(out: str | os.PathLike, frames: pd.DataFrame, nsdrs: Mapping[str, Sequence[float]],
                      sources: Sequence[str], title: str, console_title: str, plots: bool = True,
-                     win: float = 1.0) -> pd.DataFrame:
+                     win: float = 1.0, note: str | None = None) -> pd.DataFrame:
     """Write the report of an evaluation into ``out`` and return its results table (rows: sources + mean).
 
     Args:
@@ -30,11 +30,12 @@ def write_evaluation(out: str | os.PathLike, frames: pd.DataFrame, nsdrs: Mappin
             labels the plots). console_title: the title of the table printed to the console.
         plots: also write ``boxplot_SDR-v4.png`` and ``per-track_SDR-v4.png``.
         win: frame length in seconds (the failure report's frame times).
+        note: a line added under the tables' metric definitions (the evaluation's protocol).
     """
     out = Path(out)
     table = results_table(aggregate([frames]), sources,
                           extra={"nSDR (mean)": {s: sum(v) / len(v) for s, v in nsdrs.items()}})
-    write_results(table, out, title=title)
+    write_results(table, out, title=title, note=CONVENTION_NOTE + (f" {note}" if note else ""))
     per_track = track_medians([frames])
     atomic_write_text(out / "per_track.csv", per_track.to_csv(index=False))
     if plots:
