@@ -11,7 +11,12 @@ JSON files (``eval/museval/<subset>/*.json``). Written to ``OUT`` (default: ``<D
   whole-track SDR, mean over validation tracks) with per-source values at that epoch;
 - ``sdr_bars.png``: test (or, without evaluation, validation) SDR per source, one bar per run;
 - ``sdr_boxes.png``: SiSEC-style box plots of the per-track SDR over test tracks, per source and run;
-- ``learning_curves.png``: training loss and validation nSDR per epoch, one line per run.
+- ``learning_curves.png``: training loss and validation nSDR per epoch, one line per run;
+- ``results_ci.*``, ``paired.*`` + ``paired.png``, ``results_by_config.*``: bootstrap CIs, paired comparisons and
+  seeds folded (:func:`write_statistics`, :mod:`mss.report.statistics`).
+
+``--with-sisec18 DIR`` adds the published SiSEC 2018 submissions (a local copy of sigsep-mus-2018) as rows, boxes
+and compared methods; runs evaluated under different protocols (``eval/protocol.json``) need ``--allow-mixed``.
 
 The same functions back ``notebooks/ablations.ipynb``: :func:`find_runs`, :func:`load_runs`, :func:`results_table`,
 :func:`track_scores`; tables, figures (``mss.report.plot_sdr_bars``, ``plot_learning_curves``, ``plot_boxes``) and
@@ -200,6 +205,27 @@ def track_scores(runs: Sequence[Run], subset: str = "test") -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+SISEC18_URL = "https://github.com/sigsep/sigsep-mus-2018"
+
+
+def sisec18_scores(folder: str | os.PathLike, methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-track medians of the published SiSEC 2018 submissions in a local copy of sigsep-mus-2018
+    (``<folder>/submissions/<METHOD>/test/<track>.json``, museval's per-track JSON; ``folder`` may also be the
+    ``submissions`` folder itself), as :func:`track_scores` rows with ``method = "SiSEC18 <METHOD>"``."""
+    root = Path(folder)
+    submissions = root / "submissions" if (root / "submissions").is_dir() else root
+    found = {p.name: p for p in sorted(submissions.iterdir()) if any((p / "test").glob("*.json"))} \
+        if submissions.is_dir() else {}
+    if not found:
+        raise FileNotFoundError(f"{folder}: no SiSEC18 submissions (expected <DIR>/submissions/<METHOD>/test/"
+                                f"<track>.json, museval's per-track JSON); get them once with `git clone "
+                                f"{SISEC18_URL}` and pass that folder")
+    unknown = sorted(set(methods or ()) - set(found))
+    if unknown:
+        raise ValueError(f"{folder}: no SiSEC18 submission {unknown}; available: {sorted(found)}")
+    return pd.concat([load_method(found[m], method=f"SiSEC18 {m}") for m in (methods or found)], ignore_index=True)
+
+
 def results_table(runs: Sequence[Run], stat: str = "median", metric: str = "SDR",
                   scores: pd.DataFrame | None = None, allow_mixed: bool = False) -> pd.DataFrame:
     """One row per run: differing config, test ``metric`` per source (``stat`` over tracks of the per-track
@@ -210,7 +236,8 @@ def results_table(runs: Sequence[Run], stat: str = "median", metric: str = "SDR"
         raise ValueError(f"stat={stat!r}: expected one of {STATS}")
     protocol_line = check_protocols(runs, allow_mixed)
     scores = track_scores(runs) if scores is None else scores
-    test = pd.DataFrame(index=[r.name for r in runs])
+    names = [r.name for r in runs]  # then the methods of `scores` that are not runs (e.g. SiSEC18 submissions)
+    test = pd.DataFrame(index=names + [m for m in dict.fromkeys(scores.get("method", [])) if m not in names])
     if not scores.empty:
         comparison = comparison_table(scores, metric=metric, stat=stat)
         label = f"test {metric} ({stat})"
@@ -231,7 +258,7 @@ def results_table(runs: Sequence[Run], stat: str = "median", metric: str = "SDR"
         val["best val epoch"] = val["best val epoch"].astype("Int64")
     if "test tracks" in test:
         test["test tracks"] = test["test tracks"].astype("Int64")
-    table = pd.concat([differing_config(runs), test, val], axis=1)
+    table = pd.concat([differing_config(runs), test, val], axis=1).reindex(test.index)
     table.index.name = "run"
     table.attrs["note"] = f"test {metric} ({stat}): {definition(metric, stat)}. {VAL_NOTE}" + (
         f" {protocol_line}" if protocol_line else "")
@@ -259,12 +286,16 @@ def write_statistics(scores: pd.DataFrame, out: Path, stat: str = "median", leve
 
 
 def write_all(runs: Sequence[Run], out: str | os.PathLike, stat: str = "median", level: float = 0.95,
-              resamples: int = 10_000, seed: int = 0, allow_mixed: bool = False) -> dict[str, Path]:
+              resamples: int = 10_000, seed: int = 0, allow_mixed: bool = False,
+              extra_scores: pd.DataFrame | None = None) -> dict[str, Path]:
     """Write the tables (Markdown, CSV, LaTeX), the statistics (:func:`write_statistics`), the seed aggregation
     (``results_by_config``: runs that differ only in ``seed`` as one row, mean ± std across seeds) and the plots that
-    the runs' data allow; returns the paths."""
+    the runs' data allow; returns the paths. ``extra_scores``: per-track scores of other methods (e.g.
+    :func:`sisec18_scores`), added as rows, to the box plots and to the statistics."""
     out = Path(out)
     scores = track_scores(runs)
+    if extra_scores is not None:
+        scores = pd.concat([scores, extra_scores], ignore_index=True)
     table = results_table(runs, stat=stat, scores=scores, allow_mixed=allow_mixed)
     md, csv, tex = write_table(table, out, "results", title=f"{len(runs)} runs", note=table.attrs["note"])
     written = {"md": md, "csv": csv, "tex": tex}
@@ -293,14 +324,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--level", type=float, default=0.95, help="confidence level of the bootstrap CIs")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (BCa)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument("--with-sisec18", metavar="DIR",
+                        help=f"add the SiSEC18 submissions of a local copy of {SISEC18_URL} (MUSDB18 test set)")
+    parser.add_argument("--sisec18-methods", help="comma-separated SiSEC18 submissions to add (default: all found)")
     parser.add_argument("--allow-mixed", action="store_true",
                         help="put runs evaluated under different protocols in one table (differences footnoted)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     runs = load_runs(args.dirs)
     out = Path(args.out) if args.out else (Path(args.dirs[0]) / "results" if len(args.dirs) == 1 else Path("results"))
+    sisec = None if args.with_sisec18 is None else sisec18_scores(
+        args.with_sisec18, args.sisec18_methods.split(",") if args.sisec18_methods else None)
     written = write_all(runs, out, stat=args.stat, level=args.level, resamples=args.resamples, seed=args.seed,
-                        allow_mixed=args.allow_mixed)
+                        allow_mixed=args.allow_mixed, extra_scores=sisec)
     print(written["md"].read_text())
     log.info("%d runs; written: %s", len(runs), ", ".join(str(p) for p in written.values()))
     return written

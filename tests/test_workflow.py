@@ -150,6 +150,29 @@ def test_results_refuse_mixed_protocols_unless_allowed(tmp_path):
     assert "Protocols differ: frames: 0_12-00-00-000001={'win': 1.0" in md
 
 
+def test_results_with_sisec18_submissions(tmp_path):
+    """A local folder in sigsep-mus-2018's layout (submissions/<METHOD>/test/<track>.json): its methods become rows,
+    boxes and compared methods; a missing folder says where to get it."""
+    import shutil
+
+    sweep = fake_sweep(tmp_path / "sweep")
+    for method, run in (("TAK1", "0_12-00-00-000001"), ("UHL2", "1_12-00-00-000002")):  # same tracks, other scores
+        shutil.copytree(sweep / run / "eval" / "museval" / "test", tmp_path / "s18" / "submissions" / method / "test")
+    written = main([str(sweep), "--out", str(tmp_path / "out"), "--with-sisec18", str(tmp_path / "s18"),
+                    "--sisec18-methods", "TAK1", "--resamples", "500"])
+    table = pd.read_csv(written["csv"], index_col=0)
+    assert list(table.index) == ["0_12-00-00-000001", "1_12-00-00-000002", "SiSEC18 TAK1"]
+    assert table.loc["SiSEC18 TAK1", "test SDR (median) vocals"] == pytest.approx(
+        table.loc["0_12-00-00-000001", "test SDR (median) vocals"])
+    pairs = pd.read_csv(tmp_path / "out" / "paired.csv", index_col=[0, 1, 2])
+    assert pairs.loc[("0_12-00-00-000001", "SiSEC18 TAK1", "vocals"), "difference"] == 0
+    with pytest.raises(FileNotFoundError, match=r"no SiSEC18 submissions.*git clone https://github.com/sigsep"):
+        main([str(sweep), "--out", str(tmp_path / "x"), "--with-sisec18", str(tmp_path / "nowhere")])
+    with pytest.raises(ValueError, match=r"no SiSEC18 submission \['XYZ'\]; available: \['TAK1', 'UHL2'\]"):
+        main([str(sweep), "--out", str(tmp_path / "x"), "--with-sisec18", str(tmp_path / "s18"),
+              "--sisec18-methods", "XYZ"])
+
+
 def test_results_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such run or sweep directory"):
         main([str(tmp_path / "missing")])

@@ -175,6 +175,7 @@ def seed_rows(table: pd.DataFrame, seed_column: str = "seed", decimals: int = 2)
     than one seed. ``table``: one row per run, the differing config columns first (``mss.results.results_table``)."""
     if seed_column not in table.columns:
         return None
+    table = table[table[seed_column].notna()]  # rows that are not runs (SiSEC18 submissions) have no seed
     numeric = [c for c in table.columns if c != seed_column and pd.api.types.is_numeric_dtype(table[c])]
     factors = [c for c in table.columns if c not in numeric and c != seed_column]
     keys = table[factors].astype(str).agg(", ".join, axis=1) if factors else pd.Series("all runs", table.index)
