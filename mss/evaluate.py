@@ -43,6 +43,7 @@ from mss.audio.io import save_audio
 from mss.checkpoint import build_model, model_from_checkpoint, read_checkpoint
 from mss.inference.overlap_add import apply_model
 from mss.metrics import evaluate_track, nsdr, read_track_json, save_track_json
+from mss.metrics.whole_track import ALWAYS, check_metrics, whole_track_scores
 from mss.report import write_evaluation
 from mss.run import CONF_DIR, compose, save_run_info
 from mss.utils import atomic_write_text
@@ -60,7 +61,7 @@ def _paths(out: Path, subset: str, name: str) -> tuple[Path, Path]:
 def _signature(sources, cfg) -> dict:
     """What a finished track's record must match to be reused by resume."""
     return {"sources": list(sources), "backend": cfg.backend, "sdr_only": bool(cfg.sdr_only), "win": cfg.win,
-            "hop": cfg.hop}
+            "hop": cfg.hop, "metrics": check_metrics(cfg.get("metrics") or ALWAYS)}
 
 
 def _done(out: Path, subset: str, name: str, signature: dict) -> bool:
@@ -73,14 +74,15 @@ def _done(out: Path, subset: str, name: str, signature: dict) -> bool:
         return False
 
 
-def _score(refs, est, name, sources, sample_rate, cfg: dict, out: Path, nsdrs: dict, device) -> str:
+def _score(refs, est, name, sources, sample_rate, cfg: dict, out: Path, nsdrs: dict, device,
+           whole: dict | None = None) -> str:
     """Score one track and write its museval JSON and track_info record (runs in a worker process or inline)."""
     scores = evaluate_track(refs.transpose(1, 2).numpy(), est.transpose(1, 2).numpy(), sources, name,
                             sample_rate=sample_rate, win=cfg["win"], hop=cfg["hop"], backend=cfg["backend"],
                             sdr_only=cfg["sdr_only"], device=device)
     json_path, info_path = _paths(out, cfg["subset"], name)
     save_track_json(scores, json_path)
-    info = {**_signature(sources, OmegaConf.create(cfg)), "track": name, "nSDR": nsdrs,
+    info = {**_signature(sources, OmegaConf.create(cfg)), "track": name, "nSDR": nsdrs, "whole_track": whole or {},
             "reliable": scores.reliable, "cond": None if math.isnan(scores.cond) else scores.cond}
     atomic_write_text(info_path, json.dumps(info, indent=2))  # written last: marks the track as done
     return name
@@ -103,8 +105,10 @@ def _process(net, item, sources, sample_rate, cfg, out, device, metrics_device, 
         for s, wav in zip(sources, est):
             save_audio(out / "estimates" / item["name"] / f"{s}.wav", wav, sample_rate, subtype="FLOAT")
     nsdrs = dict(zip(sources, nsdr(item["stems"], est).tolist()))
+    whole = whole_track_scores(check_metrics(cfg.get("metrics") or ALWAYS), item["stems"], est, sources,
+                               sample_rate)
     args = (item["stems"], est, item["name"], sources, sample_rate, OmegaConf.to_container(cfg), out, nsdrs,
-            metrics_device)
+            metrics_device, whole)
     return pool.submit(_score, *args) if pool is not None else _score(*args)
 
 
@@ -288,13 +292,16 @@ def evaluate(ckpt: str | Path | None, data_cfg: DictConfig, eval_cfg: DictConfig
 def report(out: Path, names: list[str], sources: list[str], cfg, title: str, note: str | None = None) -> pd.DataFrame:
     """Read the per-track files of an evaluation directory and write its report (:func:`mss.report.write_evaluation`)
     and the list of tracks whose ISR/SIR/SAR are unreliable."""
-    stores, nsdrs, flagged = [], {s: [] for s in sources}, []
+    stores, nsdrs, flagged, whole = [], {s: [] for s in sources}, [], {}
     for name in names:
         json_path, info_path = _paths(out, cfg.subset, name)
         stores.append(read_track_json(json_path).df)
         info = json.loads(info_path.read_text())
         for s in sources:
             nsdrs[s].append(info["nSDR"][s])
+        for label, values in info.get("whole_track", {}).items():
+            for s in sources:
+                whole.setdefault(label, {k: [] for k in sources})[s].append(values[s])
         if not info.get("reliable", True):
             flagged.append(name)
     (out / "ill_conditioned_tracks.txt").unlink(missing_ok=True)
@@ -305,7 +312,7 @@ def report(out: Path, names: list[str], sources: list[str], cfg, title: str, not
     metric_note = "BSS Eval v4" + (" (SDR only)" if cfg.get("sdr_only") else "") + f", backend {cfg.backend}"
     return write_evaluation(out, pd.concat(stores, ignore_index=True), nsdrs, sources, title=title,
                             console_title=f"{len(names)} {cfg.subset} tracks — {metric_note} + nSDR",
-                            plots=cfg.get("plots", True), win=float(cfg.win), note=note)
+                            plots=cfg.get("plots", True), win=float(cfg.win), note=note, whole_track=whole)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")

@@ -97,3 +97,32 @@ def test_evaluate_needs_ckpt_or_model(tmp_path):
     cfg = compose("evaluate", ["paths.output_dir=unused"])
     with pytest.raises(ValueError, match="ckpt=PATH"):
         ev.evaluate(None, cfg.data, cfg.evaluation, tmp_path)
+
+
+def test_whole_track_metrics_are_selectable(small_root, tmp_path):
+    """``evaluation.metrics`` adds whole-track scores beside v4 + nSDR: per-track values in track_info, their mean
+    over tracks in the table, equal to the metric functions on the saved estimates."""
+    import soundfile as sf
+    import torch
+
+    from mss.metrics import si_sdr
+
+    cfg = _cfg(small_root, "evaluation.metrics=[bss_eval_v4,nsdr,si_sdr,bleedless,fullness]",
+               "evaluation.save_estimates=true", "evaluation.plots=false")
+    table = ev.evaluate(None, cfg.data, cfg.evaluation, tmp_path, model_cfg=cfg.model)
+    assert {"nSDR (mean)", "SI-SDR (mean)", "bleedless (mean)", "fullness (mean)"} <= set(table.columns)
+    track = next((small_root / "test").iterdir())
+    refs = torch.stack([torch.from_numpy(sf.read(track / f"{s}.wav", dtype="float32")[0].T)
+                        for s in ("vocals", "accompaniment")])
+    est = torch.stack([torch.from_numpy(sf.read(tmp_path / "estimates" / track.name / f"{s}.wav",
+                                                dtype="float32")[0].T) for s in ("vocals", "accompaniment")])
+    expected = si_sdr(refs, est).tolist()
+    assert table.loc[["vocals", "accompaniment"], "SI-SDR (mean)"].tolist() == pytest.approx(expected, abs=1e-4)
+    info = json.loads((tmp_path / "track_info" / "test" / f"{track.name}.json").read_text())
+    assert set(info["whole_track"]) == {"SI-SDR", "bleedless", "fullness"}
+    with pytest.raises(ValueError, match=r"unknown \['pesq'\]"):
+        ev.evaluate(None, cfg.data, _cfg(small_root, "evaluation.metrics=[bss_eval_v4,nsdr,pesq]").evaluation,
+                    tmp_path / "x", model_cfg=cfg.model)
+    with pytest.raises(ValueError, match=r"must include \['bss_eval_v4', 'nsdr'\]"):
+        ev.evaluate(None, cfg.data, _cfg(small_root, "evaluation.metrics=[si_sdr]").evaluation, tmp_path / "y",
+                    model_cfg=cfg.model)

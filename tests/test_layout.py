@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "augment": {"audio"},
     "models": {"audio"},
     "losses": {"audio"},
-    "metrics": set(),
+    "metrics": {"audio"},
     "report": {"metrics"},
     "inference": {"models", "audio"},
     "checkpoint": {"models"},

@@ -204,3 +204,41 @@ def test_aggregate_median_mean_semantics() -> None:
     reference = evalstore.agg_frames_tracks_scores()
     pd.testing.assert_series_equal(agg["median"], reference, check_names=False)
     pd.testing.assert_frame_equal(aggregate([s.df for s in stores]), agg)
+
+
+def _tones(n: int = 8800, freqs=(220.5, 441.0, 882.0)) -> torch.Tensor:
+    """Orthogonal stereo tones (whole periods at 44.1 kHz): ``(S, 2, n)``."""
+    t = torch.arange(n, dtype=torch.float64) / 44100
+    return torch.stack([torch.stack([torch.sin(2 * math.pi * f * t), torch.cos(2 * math.pi * f * t)]) for f in freqs])
+
+
+def test_si_sir_sar_split_interference_from_artefacts():
+    from mss.metrics import si_sir_sar
+
+    refs = _tones()
+    est = refs.clone()
+    est[0] = refs[0] + 0.1 * refs[1]  # interference only: -20 dB
+    noise = torch.sin(2 * math.pi * 2205.0 * torch.arange(8800, dtype=torch.float64) / 44100)
+    est[2] = refs[2] + 0.01 * noise  # artefact only (orthogonal to every reference): -40 dB
+    sir, sar = si_sir_sar(refs, est)
+    assert sir[0].item() == pytest.approx(20.0, abs=1e-6) and sar[0].item() > 100
+    assert sar[2].item() == pytest.approx(40.0, abs=1e-6) and sir[2].item() > 100
+    assert sir[1].item() > 100 and sar[1].item() > 100
+
+
+def test_bleedless_fullness_and_l1_freq_known_answers():
+    from mss.metrics import bleedless_fullness, l1_freq
+
+    refs = torch.randn(2, 2, 44100, generator=torch.Generator().manual_seed(0))
+    bleedless, fullness = bleedless_fullness(refs, refs.clone(), 44100)
+    assert bleedless.tolist() == [100.0, 100.0] and fullness.tolist() == [100.0, 100.0]
+    bleedless, fullness = bleedless_fullness(refs, 0.5 * refs, 44100)  # every mel bin 6.02 dB down, none up
+    assert bleedless.tolist() == [100.0, 100.0]
+    assert fullness.tolist() == pytest.approx([100 / (1 + 20 * math.log10(2))] * 2, rel=1e-4)
+    bleedless, _ = bleedless_fullness(refs, 2.0 * refs, 44100)
+    assert bleedless.tolist() == pytest.approx([100 / (1 + 20 * math.log10(2))] * 2, rel=1e-4)
+    assert l1_freq(refs, refs.clone()).tolist() == [100.0, 100.0]
+    worse = l1_freq(refs, 0.9 * refs)
+    assert (worse < 100).all() and (l1_freq(refs, 0.5 * refs) < worse).all()
+    with pytest.raises(ValueError, match=r"\(S, C, T\)"):
+        l1_freq(refs[0], refs[0])

@@ -14,7 +14,8 @@ from mss.metrics.bss_eval import (
     frame_sdr,
     n_frames,
 )
-from mss.metrics.sdr import nsdr, si_sdr
+from mss.metrics.sdr import nsdr, si_sdr, si_sir_sar
+from mss.metrics.spectral import bleedless_fullness, l1_freq
 from mss.metrics.store import METRICS, MUSEVAL_VERSION, TrackScores, read_track_json
 from mss.metrics.track import BACKENDS, aggregate, evaluate_track, save_track_json, track_medians
 
@@ -28,13 +29,16 @@ __all__ = [
     "SilentSourceError",
     "TrackScores",
     "aggregate",
+    "bleedless_fullness",
     "bss_eval_v4",
     "evaluate_track",
     "frame_sdr",
+    "l1_freq",
     "n_frames",
     "nsdr",
     "read_track_json",
     "save_track_json",
     "si_sdr",
+    "si_sir_sar",
     "track_medians",
 ]

@@ -11,29 +11,14 @@ Shape legend: ``B`` batch, ``S`` stems, ``C`` channels, ``T`` samples, ``F`` bin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
+from mss.audio.mel import mel_edges
 from mss.models.roformer import BandRoformer
 
 __all__ = ["MelRoformer", "mel_bands"]
-
-
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
-    """Slaney mel scale: linear (3 mel / 200 Hz) below 1 kHz, logarithmic (27 mel per factor 6.4) above."""
-    hz = np.asarray(hz, dtype=np.float64)
-    log_step = math.log(6.4) / 27.0
-    linear = hz / (200.0 / 3)
-    log = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / log_step
-    return np.where(hz >= 1000.0, log, linear)
-
-
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    mel = np.asarray(mel, dtype=np.float64)
-    log_step = math.log(6.4) / 27.0
-    return np.where(mel >= 15.0, 1000.0 * np.exp(log_step * (mel - 15.0)), mel * 200.0 / 3)
 
 
 def mel_bands(num_bands: int, sample_rate: int, n_fft: int) -> list[list[int]]:
@@ -44,7 +29,7 @@ def mel_bands(num_bands: int, sample_rate: int, n_fft: int) -> list[list[int]]:
     """
     n_bins = n_fft // 2 + 1
     fft_hz = np.linspace(0.0, sample_rate / 2, n_bins)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), num_bands + 2))
+    edges = mel_edges(num_bands, sample_rate)
     width = np.diff(edges)
     ramps = edges[:, None] - fft_hz[None, :]
     member = np.zeros((num_bands, n_bins), dtype=bool)

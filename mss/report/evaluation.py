@@ -20,7 +20,8 @@ __all__ = ["failure_report", "write_evaluation"]
 
 def write_evaluation(out: str | os.PathLike, frames: pd.DataFrame, nsdrs: Mapping[str, Sequence[float]],
                      sources: Sequence[str], title: str, console_title: str, plots: bool = True,
-                     win: float = 1.0, note: str | None = None) -> pd.DataFrame:
+                     win: float = 1.0, note: str | None = None,
+                     whole_track: Mapping[str, Mapping[str, Sequence[float]]] | None = None) -> pd.DataFrame:
     """Write the report of an evaluation into ``out`` and return its results table (rows: sources + mean).
 
     Args:
@@ -31,10 +32,13 @@ def write_evaluation(out: str | os.PathLike, frames: pd.DataFrame, nsdrs: Mappin
         plots: also write ``boxplot_SDR-v4.png`` and ``per-track_SDR-v4.png``.
         win: frame length in seconds (the failure report's frame times).
         note: a line added under the tables' metric definitions (the evaluation's protocol).
+        whole_track: other whole-track metrics (``{label: {source: per-track scores}}``), columns
+            ``<label> (mean)`` beside nSDR.
     """
     out = Path(out)
     table = results_table(aggregate([frames]), sources,
-                          extra={"nSDR (mean)": {s: sum(v) / len(v) for s, v in nsdrs.items()}})
+                          extra={f"{label} (mean)": {s: sum(v) / len(v) for s, v in values.items()}
+                                 for label, values in {"nSDR": nsdrs, **(whole_track or {})}.items()})
     write_results(table, out, title=title, note=CONVENTION_NOTE + (f" {note}" if note else ""))
     per_track = track_medians([frames])
     atomic_write_text(out / "per_track.csv", per_track.to_csv(index=False))
