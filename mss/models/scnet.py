@@ -108,7 +108,8 @@ class SDBlock(nn.Module):
                  kernels: Sequence[int], depths: Sequence[int], compress: float, conv_kernel: int):
         super().__init__()
         self.ratios, self.strides, self.kernels = list(ratios), list(strides), list(kernels)
-        self.down = nn.ModuleList(nn.Conv2d(channels_in, channels_out, (k, 1), (s, 1)) for s, k in zip(strides, kernels))
+        self.down = nn.ModuleList(nn.Conv2d(channels_in, channels_out, (k, 1), (s, 1))
+                                  for s, k in zip(strides, kernels))
         self.convs = nn.ModuleList(ConvModule(channels_out, d, compress, conv_kernel) for d in depths)
         self.global_conv = nn.Conv2d(channels_out, channels_out, 3, padding=1)
 
@@ -210,7 +211,8 @@ class SCNet(Separator):
         expand: BLSTM units per direction as a multiple of the channels.
         normalize_input: standardise the input spectrogram and de-normalise the output (official code, which the
             released starrytong weights expect); False for checkpoints trained with MSST's copy.
-        segment: seconds per chunk for overlap-add inference (:attr:`segment_length`; 11 s as in training).
+        segment: seconds per chunk for overlap-add inference (:attr:`segment_length`; 20 s as the official
+            ``apply_model``).
     """
 
     def __init__(self, sources: Sequence[str], audio_channels: int = 2, sample_rate: int = 44100,
@@ -218,7 +220,7 @@ class SCNet(Separator):
                  normalized: bool = True, band_ratios: Sequence[float] = (0.175, 0.392, 0.433),
                  band_strides: Sequence[int] = (1, 4, 16), band_kernels: Sequence[int] = (3, 4, 16),
                  conv_depths: Sequence[int] = (3, 2, 1), compress: float = 4, conv_kernel: int = 3,
-                 dual_path_layers: int = 6, expand: int = 1, normalize_input: bool = True, segment: float = 11.0):
+                 dual_path_layers: int = 6, expand: int = 1, normalize_input: bool = True, segment: float = 20.0):
         super().__init__(sources, audio_channels, sample_rate, round(segment * sample_rate))
         dims, band_ratios = [int(d) for d in dims], [float(r) for r in band_ratios]
         band_strides, band_kernels = [int(s) for s in band_strides], [int(k) for k in band_kernels]
