@@ -151,6 +151,6 @@ def test_bad_input_and_impossible_configs_are_clear_errors():
 
 def test_overfitting_a_toy_batch_lowers_loss_and_raises_sdr(synth_root):
     torch.manual_seed(0)
-    stems = toy_batch(synth_root, 16384)
+    stems = toy_batch(synth_root, 8192, active=True)
     net = SCNet(SOURCES, dims=[4, 16, 16], n_fft=512, hop_length=128, dual_path_layers=2)
     assert_overfits(net, stems, ComplexSpectrogramRMSE(512, 128), lr=1e-2, steps=20, name="scnet")
