@@ -99,6 +99,9 @@ CASES += [
     Case("umx", "umx", reference=openunmix_separator),
 ]
 
+# SCNet (the official starrytong/SCNet code is not installed here: mss only)
+CASES += [Case("scnet", "scnet"), Case("scnet_large", "scnet_large")]
+
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 

@@ -34,6 +34,9 @@ TINY_MODELS: dict[str, list[str]] = {
     # Open-Unmix: hidden 16, STFT 512 / 128
     "mss.models.openunmix.OpenUnmix": ["model.hidden_size=16", "model.n_fft=512", "model.hop_length=128",
                                        "model.segment=${data.segment}"],
+    # SCNet: dims 4/8/8 (two SD blocks), two dual-path layers, STFT 512 / 128
+    "mss.models.scnet.SCNet": ["model.dims=[4,8,8]", "model.dual_path_layers=2", "model.n_fft=512",
+                               "model.hop_length=128", "model.segment=${data.segment}"],
 }
 # Short training on the session dataset, independent of the model.
 TINY_RUN = [

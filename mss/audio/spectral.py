@@ -3,7 +3,8 @@
 Thin wrappers around :func:`torch.stft` / :func:`torch.istft` that
 
 * accept any number of leading dimensions (``(..., T)`` waveforms, ``(..., F, N)`` spectrograms),
-* use a periodic Hann window cached per ``(n_fft, device, dtype)``,
+* use a periodic Hann window cached per ``(n_fft, device, dtype)`` (or, with ``window="rectangular"``, a window of
+  ones: what :func:`torch.stft` uses when no window is passed, as SCNet does),
 * always return / take complex tensors (``return_complex=True``).
 
 Shape legend: ``T`` samples, ``F = n_fft // 2 + 1`` frequency bins, ``N`` frames.
@@ -15,7 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["hann_window", "istft", "magnitude", "stft"]
+__all__ = ["WINDOWS", "hann_window", "istft", "magnitude", "stft"]
+
+WINDOWS = ("hann", "rectangular")
 
 _WINDOWS: dict[tuple[int, str, torch.dtype], Tensor] = {}
 
@@ -34,8 +37,16 @@ def hann_window(n_fft: int, device: torch.device | str | None = None,
     return window
 
 
+def _window(kind: str, n_fft: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    if kind == "hann":
+        return hann_window(n_fft, device, dtype)
+    if kind == "rectangular":
+        return torch.ones(n_fft, device=device, dtype=dtype)
+    raise ValueError(f"window must be one of {WINDOWS}, got {kind!r}")
+
+
 def stft(x: Tensor, n_fft: int, hop_length: int, center: bool = True, pad_mode: str = "constant",
-         normalized: bool = False) -> Tensor:
+         normalized: bool = False, window: str = "hann") -> Tensor:
     """Complex STFT of a real signal.
 
     Args:
@@ -46,6 +57,7 @@ def stft(x: Tensor, n_fft: int, hop_length: int, center: bool = True, pad_mode: 
         pad_mode: padding used when ``center`` (``"constant"`` = zeros, works for any ``T``; ``"reflect"``
             needs ``T > n_fft // 2``).
         normalized: scale by ``n_fft ** -0.5`` (the hybrid Demucs convention; :func:`istft` must match).
+        window: ``"hann"`` (periodic) or ``"rectangular"`` (ones; SCNet).
 
     Returns:
         complex spectrogram ``(..., F, N)`` with ``F = n_fft // 2 + 1``.
@@ -53,14 +65,14 @@ def stft(x: Tensor, n_fft: int, hop_length: int, center: bool = True, pad_mode: 
     if x.is_complex():
         raise ValueError("stft expects a real waveform (..., T), got a complex tensor")
     lead, length = x.shape[:-1], x.shape[-1]
-    window = hann_window(n_fft, x.device, x.dtype)
-    spec = torch.stft(x.reshape(-1, length), n_fft=n_fft, hop_length=hop_length, window=window,
+    spec = torch.stft(x.reshape(-1, length), n_fft=n_fft, hop_length=hop_length,
+                      window=_window(window, n_fft, x.device, x.dtype),
                       center=center, pad_mode=pad_mode, normalized=normalized, return_complex=True)
     return spec.reshape(*lead, *spec.shape[-2:])
 
 
 def istft(spec: Tensor, n_fft: int, hop_length: int, length: int, center: bool = True,
-          normalized: bool = False) -> Tensor:
+          normalized: bool = False, window: str = "hann") -> Tensor:
     """Inverse of :func:`stft` (exact up to float precision for Hann with ``hop_length <= n_fft // 2``).
 
     Args:
@@ -69,6 +81,7 @@ def istft(spec: Tensor, n_fft: int, hop_length: int, length: int, center: bool =
             :func:`torch.istft` for Hann, whose first window sample is 0).
         length: number of output samples ``T`` (output is cropped / zero-padded to it).
         normalized: the forward transform was ``normalized``.
+        window: the forward transform's window (``"hann"`` or ``"rectangular"``).
 
     Returns:
         real waveform ``(..., T)``.
@@ -76,9 +89,9 @@ def istft(spec: Tensor, n_fft: int, hop_length: int, length: int, center: bool =
     if not spec.is_complex():
         raise ValueError("istft expects a complex spectrogram (..., F, N)")
     lead = spec.shape[:-2]
-    window = hann_window(n_fft, spec.device, spec.real.dtype)
     wav = torch.istft(spec.reshape(-1, *spec.shape[-2:]), n_fft=n_fft, hop_length=hop_length,
-                      window=window, center=center, normalized=normalized, length=length)
+                      window=_window(window, n_fft, spec.device, spec.real.dtype), center=center,
+                      normalized=normalized, length=length)
     return wav.reshape(*lead, length)
 
 
