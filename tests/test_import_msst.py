@@ -63,3 +63,21 @@ def test_msst_import_errors_name_the_problem(tmp_path):
         main([ckpt, f"config={msst_yaml(tmp_path / 'c.yaml', SMALL)}", out])
     with pytest.raises(SystemExit, match="usage"):
         main([ckpt])
+
+
+def test_msst_scnet_imports_with_parity(tmp_path):
+    """MSST's ``scnet``: the golden fixture's reference weights (MSST layout) and MSST's output
+    (tests/data/scnet_golden.pt, see tests/test_scnet.py) through the CLI."""
+    from pathlib import Path
+
+    golden = torch.load(Path(__file__).parent / "data" / "scnet_golden.pt", weights_only=False)
+    section = {k: v for k, v in golden["config"].items() if k not in ("sources", "audio_channels")}
+    torch.save({"state_dict": golden["state_dict"]}, tmp_path / "scnet.ckpt")
+    (tmp_path / "scnet.yaml").write_text(yaml.safe_dump({
+        "audio": {"sample_rate": 44100, "chunk_size": 1200}, "model": section,
+        "training": {"instruments": list(golden["config"]["sources"]), "target_instrument": None}}))
+    main([str(tmp_path / "scnet.ckpt"), f"config={tmp_path / 'scnet.yaml'}", f"out={tmp_path / 'mss.ckpt'}",
+          "type=scnet"])
+    net = load_model(tmp_path / "mss.ckpt")
+    with torch.no_grad():
+        assert (net(golden["mix"]) - golden["msst"]).abs().max().item() <= 1e-4

@@ -35,6 +35,7 @@ MODEL_TYPES: dict[str, str | None] = {
     "bs_roformer": "mss.pretrained.import_roformer",
     "mel_band_roformer": "mss.pretrained.import_roformer",
     "htdemucs": None,
+    "scnet": "mss.pretrained.msst_scnet",
 }
 HTDEMUCS_TARGET = "mss.models.htdemucs.HTDemucs"
 # MSST HTDemucs options that change the network beyond the reference HT Demucs: refused unless at these values
@@ -66,7 +67,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "state", "model"):
+    for key in ("state_dict", "state", "model", "best_state"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
