@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from mss import __version__
 from mss.audio.io import save_audio
 from mss.checkpoint import build_model, model_from_checkpoint, read_checkpoint
+from mss.inference.cache import EstimateCache, estimate_key
 from mss.inference.overlap_add import apply_model
 from mss.metrics import evaluate_track, nsdr, read_track_json, save_track_json
 from mss.metrics.whole_track import ALWAYS, check_metrics, whole_track_scores
@@ -99,8 +100,31 @@ def _separate(net, item: dict, cfg, device) -> torch.Tensor:
                        shifts=cfg.shifts, device=device, progress=False).cpu()
 
 
-def _process(net, item, sources, sample_rate, cfg, out, device, metrics_device, pool=None):
-    est = _separate(net, item, cfg, device)
+def _estimate_store(spec: dict, cfg, root: Path) -> tuple[EstimateCache, dict, str]:
+    """The estimate cache of this evaluation (``evaluation.cache``), the model's identity in its keys (checkpoint
+    sha256, or the model config) and the dataset root."""
+    folder = cfg.get("cache_dir") if cfg.get("cache", True) else None
+    cache = EstimateCache(folder, int(float(cfg.get("cache_max_gb", 20)) * 2**30))
+    model = {"checkpoint_sha256": spec["sha256"]} if "ckpt" in spec else spec["model"]
+    return cache, model, str(root)
+
+
+def _cached_separate(net, item: dict, cfg, device, store) -> torch.Tensor:
+    """:func:`_separate`, or the estimates of an earlier run with the same model, settings and track."""
+    cache, model, root = store
+    settings = {"segment": cfg.segment, "overlap": float(cfg.overlap), "shifts": int(cfg.shifts)}
+    track = {"name": item["name"], "length": int(item["mixture"].shape[-1]), "root": root,
+             "sources": list(net.sources), "sample_rate": int(net.sample_rate)}
+    key = estimate_key(model, settings, track)
+    est = cache.get(key)
+    if est is None:
+        est = _separate(net, item, cfg, device)
+        cache.put(key, est)
+    return est
+
+
+def _process(net, item, sources, sample_rate, cfg, out, device, metrics_device, store, pool=None):
+    est = _cached_separate(net, item, cfg, device, store)
     if cfg.save_estimates:
         for s, wav in zip(sources, est):
             save_audio(out / "estimates" / item["name"] / f"{s}.wav", wav, sample_rate, subtype="FLOAT")
@@ -147,7 +171,7 @@ def protocol(spec: dict, data_cfg, cfg, names: list[str], root: Path) -> dict:
         "inference": {"segment": cfg.segment, "overlap": float(cfg.overlap), "shifts": int(cfg.shifts),
                       **{k: model[k] for k in keys if k in model}},
         "model": {"target": model.get("_target_"),
-                  "checkpoint_sha256": _sha256(spec["ckpt"]) if "ckpt" in spec else None},
+                  "checkpoint_sha256": spec.get("sha256")},
         "mss_version": __version__,
     }
 
@@ -224,10 +248,19 @@ def _tracks(data_cfg, subset: str):
 def _shard_worker(spec, data_cfg, cfg, indices, out, device) -> list[str]:
     """One process of ``evaluation.devices``: separate and score the tracks ``indices`` on ``device``."""
     net = _build(spec, device)
-    _, tracks = _tracks(data_cfg, cfg.subset)
+    datamodule, tracks = _tracks(data_cfg, cfg.subset)
+    store = _estimate_store(spec, cfg, datamodule.wav_root)
     sources, sr = list(data_cfg.sources), int(data_cfg.sample_rate)
-    return [_process(net, tracks[i], sources, sr, cfg, out, device, device if cfg.backend == "mss" else None)
+    done = [_process(net, tracks[i], sources, sr, cfg, out, device, device if cfg.backend == "mss" else None, store)
             for i in indices]
+    _log_reuse(store[0])
+    return done
+
+
+def _log_reuse(cache: EstimateCache) -> None:
+    if cache.folder is not None and cache.hits + cache.misses:
+        log.info("estimate cache %s: %d of %d tracks' estimates reused (no separation)", cache.folder, cache.hits,
+                 cache.hits + cache.misses)
 
 
 # ----------------------------------------------------------------------------------------------- entry point
@@ -241,6 +274,8 @@ def evaluate(ckpt: str | Path | None, data_cfg: DictConfig, eval_cfg: DictConfig
     out = Path(out_dir)
     cfg = eval_cfg
     spec, data_cfg, label = _resolve(ckpt, model_cfg, data_cfg)
+    if "ckpt" in spec:
+        spec["sha256"] = _sha256(spec["ckpt"])  # the model's identity: estimate cache keys and protocol
     sources, sr = list(data_cfg.sources), int(data_cfg.sample_rate)
     datamodule, tracks = _tracks(data_cfg, cfg.subset)
     names = [t.name for t in tracks.tracks]
@@ -262,6 +297,7 @@ def evaluate(ckpt: str | Path | None, data_cfg: DictConfig, eval_cfg: DictConfig
     elif todo:
         device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         net = _build(spec, device)
+        store = _estimate_store(spec, cfg, datamodule.wav_root)
         bar = tqdm(total=len(todo), desc=f"evaluate {label}", unit="track")
         if cfg.workers > 1:
             # spawn, not fork: a forked child of a process that already ran torch's thread pool can hang in its first
@@ -274,15 +310,17 @@ def evaluate(ckpt: str | Path | None, data_cfg: DictConfig, eval_cfg: DictConfig
                     while len(pending) >= cfg.workers:  # bounded queue: peak memory independent of the track count
                         pending.popleft().result()
                         bar.update()
-                    pending.append(_process(net, tracks[i], sources, sr, cfg, out, device, metrics_device, pool))
+                    pending.append(_process(net, tracks[i], sources, sr, cfg, out, device, metrics_device, store,
+                                            pool))
                 for job in pending:
                     job.result()
                     bar.update()
         else:
             for i in todo:
-                _process(net, tracks[i], sources, sr, cfg, out, device, metrics_device)
+                _process(net, tracks[i], sources, sr, cfg, out, device, metrics_device, store)
                 bar.update()
         bar.close()
+        _log_reuse(store[0])
     stamp = protocol(spec, data_cfg, cfg, names, datamodule.wav_root)
     atomic_write_text(out / "protocol.json", json.dumps(stamp, indent=2) + "\n")
     return report(out, names, sources, cfg, title=f"{label} on {datamodule.wav_root.name}/{cfg.subset} "

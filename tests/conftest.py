@@ -71,6 +71,20 @@ def tiny_overrides(cfg) -> list[str]:
 SYNTH = dict(n_train=3, n_valid=1, n_test=2, duration=5.0, seed=7)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_dir(tmp_path_factory):
+    """``paths.cache_dir`` (``MSS_CACHE_DIR``: generated datasets, the estimate cache) in a folder of this session,
+    for the CLIs run in subprocesses too, unless the caller set one."""
+    import os
+
+    if "MSS_CACHE_DIR" in os.environ:
+        yield
+        return
+    os.environ["MSS_CACHE_DIR"] = str(tmp_path_factory.mktemp("mss_cache"))
+    yield
+    del os.environ["MSS_CACHE_DIR"]
+
+
 @pytest.fixture
 def single_thread():
     """Run a test with one torch thread (restored afterwards): on an oversubscribed machine, OpenMP threads waiting

@@ -74,7 +74,8 @@ def test_oracle_evaluation_backends_agree_and_files(small_root, tmp_path):
 
 
 def test_resume_skips_done_tracks(small_root, tmp_path, monkeypatch):
-    cfg = _cfg(small_root, "evaluation.sdr_only=true", "evaluation.plots=false")
+    # resume alone (the estimate cache would also spare separations: tested below)
+    cfg = _cfg(small_root, "evaluation.sdr_only=true", "evaluation.plots=false", "evaluation.cache=false")
     calls = []
     real = ev._separate
     monkeypatch.setattr(ev, "_separate", lambda *a: calls.append(a[1]["name"]) or real(*a))
@@ -88,7 +89,7 @@ def test_resume_skips_done_tracks(small_root, tmp_path, monkeypatch):
     ev.evaluate(None, cfg.data, cfg.evaluation, tmp_path, model_cfg=cfg.model)
     assert calls == [calls[0]] * 2
     # a different metric configuration is not reused
-    cfg = _cfg(small_root, "evaluation.plots=false")
+    cfg = _cfg(small_root, "evaluation.plots=false", "evaluation.cache=false")
     ev.evaluate(None, cfg.data, cfg.evaluation, tmp_path, model_cfg=cfg.model)
     assert len(calls) == 3
 
@@ -126,3 +127,40 @@ def test_whole_track_metrics_are_selectable(small_root, tmp_path):
     with pytest.raises(ValueError, match=r"must include \['bss_eval_v4', 'nsdr'\]"):
         ev.evaluate(None, cfg.data, _cfg(small_root, "evaluation.metrics=[si_sdr]").evaluation, tmp_path / "y",
                     model_cfg=cfg.model)
+
+
+def test_second_run_with_another_metric_reuses_the_estimates(small_root, tmp_path, monkeypatch):
+    """The estimate cache: a re-run with a new metric separates nothing (no network call) and its numbers equal a
+    fresh run's; a changed inference setting separates again; evaluation.cache=false never reuses."""
+    calls = []
+    separate = ev._separate
+    monkeypatch.setattr(ev, "_separate", lambda *a, **k: calls.append(1) or separate(*a, **k))
+    cache = f"evaluation.cache_dir={tmp_path / 'cache'}"
+    cfg = _cfg(small_root, cache, "evaluation.plots=false")
+    ev.evaluate(None, cfg.data, cfg.evaluation, tmp_path / "first", model_cfg=cfg.model)
+    assert len(calls) == 1 and len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    cfg = _cfg(small_root, cache, "evaluation.plots=false", "evaluation.metrics=[bss_eval_v4,nsdr,si_sdr]")
+    again = ev.evaluate(None, cfg.data, cfg.evaluation, tmp_path / "second", model_cfg=cfg.model)
+    assert len(calls) == 1  # reused
+    fresh_cfg = _cfg(small_root, "evaluation.cache=false", "evaluation.plots=false",
+                     "evaluation.metrics=[bss_eval_v4,nsdr,si_sdr]")
+    fresh = ev.evaluate(None, fresh_cfg.data, fresh_cfg.evaluation, tmp_path / "fresh", model_cfg=fresh_cfg.model)
+    assert len(calls) == 2
+    pd.testing.assert_frame_equal(again, fresh)
+    cfg = _cfg(small_root, cache, "evaluation.plots=false", "evaluation.overlap=0.5")
+    ev.evaluate(None, cfg.data, cfg.evaluation, tmp_path / "third", model_cfg=cfg.model)
+    assert len(calls) == 3 and len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
+def test_estimate_cache_is_atomic_and_size_bounded(tmp_path):
+    import torch
+
+    from mss.inference.cache import EstimateCache
+
+    cache = EstimateCache(tmp_path, max_bytes=2 * (4 * 1000 * 4 + 256))
+    for i in range(3):
+        cache.put(f"k{i}", torch.full((4, 1, 1000), float(i)))
+    assert sorted(p.stem for p in tmp_path.glob("*.npy")) == ["k1", "k2"]  # the oldest one went
+    assert not list(tmp_path.glob(".*.tmp")) and cache.get("k2").eq(2).all() and cache.get("k0") is None
+    (tmp_path / "k1.npy").write_bytes(b"broken")
+    assert cache.get("k1") is None and not (tmp_path / "k1.npy").exists()
