@@ -37,8 +37,9 @@ TINY_MODELS: dict[str, list[str]] = {
     # MMDenseNet / MMDenseLSTM: STFT 512 / 128, two small bands (BiLSTM at the low band's bottleneck, LSTM-only high
     # bottleneck), full band with an LSTM in an up block; the dicts are cleared first (Hydra merges dict overrides)
     "mss.models.mmdensenet.MMDenseNet": [
-        "model.n_fft=512", "model.hop_length=128", "model.segment=${data.segment}", "model.bands=null", "model.full=null",
-        "model.final=null", "model.bands={low:{bins:100,features:4,growth:[3,3,3],layers:[1,2,1],lstm:[0,4,0]},"
+        "model.n_fft=512", "model.hop_length=128", "model.segment=${data.segment}",
+        "model.bands=null", "model.full=null", "model.final=null",
+        "model.bands={low:{bins:100,features:4,growth:[3,3,3],layers:[1,2,1],lstm:[0,4,0]},"
         "high:{bins:157,features:4,growth:[2,0,2],layers:[1,0,1],lstm:[0,2,0]}}",
         "model.full={features:4,growth:[2,2,2,2,2],layers:[1,1,1,1,1],lstm:[0,0,0,4,0]}",
         "model.final={growth:3,layers:2,dilated:true}"],

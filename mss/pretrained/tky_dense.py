@@ -64,5 +64,6 @@ def convert_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 def convert_targets(states: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """``{target: tky823 state dict}`` -> state dict of :class:`mss.models.mmdensenet.MMDenseNet` (``targets.<name>.``)."""
+    """``{target: tky823 state dict}`` -> state dict of :class:`mss.models.mmdensenet.MMDenseNet`
+    (``targets.<name>.`` prefixes)."""
     return {f"targets.{name}.{k}": v for name, state in states.items() for k, v in convert_state_dict(state).items()}
