@@ -1,4 +1,4 @@
-"""Dense blocks shared by the Sony DenseNet-style separators (MMDenseNet / MMDenseLSTM, D3Net).
+"""Dense blocks shared by the Sony DenseNet-style separators (MMDenseNet / MMDenseLSTM, D3Net: :class:`D3Block`).
 
 Both families use the same "grow then split" form of a dense block, read from Takahashi & Mitsufuji's papers and
 used the same way by the Sony D3Net code and tky823's PyTorch MMDenseNet: with ``L`` layers of growth ``g``
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F_
 from torch import Tensor, nn
 
-__all__ = ["ConvUnit", "DenseBlock", "pad_same", "pair"]
+__all__ = ["ConvUnit", "D3Block", "DenseBlock", "pad_same", "pair"]
 
 
 def pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -86,4 +86,39 @@ class DenseBlock(nn.Module):
         for layer in self.layers[1:]:
             head, rest = acc[:, :self.growth], acc[:, self.growth:]
             acc = rest + layer(head)
+        return acc
+
+
+class D3Block(nn.Module):
+    """D3Net's multi-dilated dense block of dense blocks (Takahashi & Mitsufuji, CVPR 2021):
+    ``(B, in, H, W) -> (B, growth, H, W)``.
+
+    The "grow then split" scheme of :class:`DenseBlock` one level up: unit 0 is a dilated :class:`DenseBlock` of
+    growth ``growth * blocks``; for ``i = 1 .. blocks-1`` the first ``growth`` channels of the running sum go through a
+    dilated :class:`DenseBlock` of growth ``growth * (blocks - i)``, added to the remaining channels; the output is the
+    last ``growth`` channels. Every unit has ``layers`` layers with dilations 1, 2, 4, ...
+
+    Args:
+        in_channels: input channels.
+        growth: output channels ``k``.
+        layers: layers per unit ``L``.
+        blocks: units ``M``.
+        kernel_size: conv kernel.
+        eps: BatchNorm epsilon.
+    """
+
+    def __init__(self, in_channels: int, growth: int, layers: int, blocks: int, kernel_size: int | Sequence[int] = 3,
+                 eps: float = 1e-5):
+        super().__init__()
+        if blocks < 1:
+            raise ValueError(f"D3Block: blocks must be >= 1, got {blocks}")
+        self.growth, self.out_channels = growth, growth
+        self.units = nn.ModuleList(
+            DenseBlock(in_channels if i == 0 else growth, growth * (blocks - i), layers, kernel_size, True, eps)
+            for i in range(blocks))
+
+    def forward(self, x: Tensor) -> Tensor:
+        acc = self.units[0](x)
+        for unit in self.units[1:]:
+            acc = acc[:, self.growth:] + unit(acc[:, :self.growth])
         return acc
