@@ -103,7 +103,7 @@ def test_bad_configurations_are_named(change, message):
         MMDenseNet(["vocals"], **{**TINY, **change})
 
 
-@pytest.mark.slow  # ~18 s on 2 shared cores
+@pytest.mark.slow  # 4-35 s on 2 shared cores, depending on load
 def test_overfitting_a_toy_batch_lowers_loss_and_raises_sdr(synth_root):
     torch.manual_seed(0)
     stems = toy_batch(synth_root, 8192, sources=["bass", "vocals"])
