@@ -101,6 +101,13 @@ CASES += [
 
 # SCNet (the official starrytong/SCNet code is not installed here: mss only)
 CASES += [Case("scnet", "scnet"), Case("scnet_large", "scnet_large")]
+# Sony DenseNet families, one target network (per-target models; the reference code does not run here: tky823's
+# ports need its repository, D3Net's official code nnabla)
+CASES += [
+    Case("mmdenselstm", "mmdenselstm", ["model.sources=[vocals]"]),
+    Case("mmdensenet", "mmdensenet", ["model.sources=[vocals]"]),
+    Case("d3net", "d3net", ["model.sources=[vocals]"]),
+]
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}

@@ -37,6 +37,23 @@ TINY_MODELS: dict[str, list[str]] = {
     # SCNet: dims 4/8/8 (two SD blocks), two dual-path layers, STFT 512 / 128
     "mss.models.scnet.SCNet": ["model.dims=[4,8,8]", "model.dual_path_layers=2", "model.n_fft=512",
                                "model.hop_length=128", "model.segment=${data.segment}"],
+    # MMDenseNet / MMDenseLSTM: STFT 512 / 128, two small bands (BiLSTM at the low band's bottleneck, LSTM-only high
+    # bottleneck), full band with an LSTM in an up block; the dicts are cleared first (Hydra merges dict overrides)
+    "mss.models.mmdensenet.MMDenseNet": [
+        "model.n_fft=512", "model.hop_length=128", "model.segment=${data.segment}",
+        "model.bands=null", "model.full=null", "model.final=null",
+        "model.bands={low:{bins:100,features:4,growth:[3,3,3],layers:[1,2,1],lstm:[0,4,0]},"
+        "high:{bins:157,features:4,growth:[2,0,2],layers:[1,0,1],lstm:[0,2,0]}}",
+        "model.full={features:4,growth:[2,2,2,2,2],layers:[1,1,1,1,1],lstm:[0,0,0,4,0]}",
+        "model.final={growth:3,layers:2,dilated:true}"],
+    # D3Net: STFT 512 / 128, 192 modelled bins (64 + 128 and the full band), one tiny configuration for every target
+    "mss.models.d3net.D3Net": [
+        "model.n_fft=512", "model.hop_length=128", "model.segment=${data.segment}", "model.valid_bins=192",
+        "model.final_growth=3", "model.final_layers=2", "model.targets=null",
+        "model.targets={drums:{band_split:[64],init_features:[4,3],growth:[[3,4,3],[2,2,2]],layers:[[1,2,1],[1,1,1]],"
+        "blocks:[[2,2,2],[1,1,1]],full_features:4,full_growth:[3,3,4,3,2],full_layers:[1,1,2,1,1],"
+        "full_blocks:[2,2,2,2,2]},bass:${model.targets.drums},other:${model.targets.drums},"
+        "vocals:${model.targets.drums}}"],
 }
 # Short training on the session dataset, independent of the model.
 TINY_RUN = [
