@@ -99,6 +99,12 @@ CASES += [
     Case("umx", "umx", reference=openunmix_separator),
 ]
 
+# TFC-TDF U-Nets (the references, MSST mdx23c and kuielab/mdx-net, are not installable here: mss only)
+CASES += [
+    Case("mdx23c", "mdx23c"),
+    Case("tfc_tdf_v2", "tfc_tdf_v2"),
+]
+
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
