@@ -137,6 +137,18 @@ def test_any_length_channels_and_sources(kind, channels):
         net(torch.randn(1, channels + 1, 960))
 
 
+@pytest.mark.parametrize("kind", ["v3", "v2"])
+def test_bf16_autocast_keeps_the_stft_in_float32(kind):
+    torch.manual_seed(0)
+    net = MDX23C(["a", "b"], **TINY_V3) if kind == "v3" else MDXNetV2(["a", "b"], **TINY_V2)
+    mix = torch.randn(1, 2, 960)
+    with torch.no_grad():
+        full = net(mix)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = net(mix)
+    assert half.dtype == torch.float32 and (half - full).abs().max() < 0.1 * full.abs().max()
+
+
 def test_padding_keeps_the_valid_chunk_and_the_sources_are_independent():
     torch.manual_seed(0)
     net = MDXNetV2(["vocals", "bass"], **{**TINY_V2, "n_fft": {"vocals": 256, "bass": 512}}).eval()

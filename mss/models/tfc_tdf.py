@@ -71,7 +71,8 @@ from torch import Tensor, nn
 from mss.audio.spectral import istft, stft
 from mss.models.base import Separator
 
-__all__ = ["MDX23C", "MDXNET_N_FFT", "MDXNetV2", "TFCTDFNetV2", "TFCTDFStack", "make_activation", "make_norm"]
+__all__ = ["MDX23C", "MDXNET_N_FFT", "MDXNetV2", "TFCTDFNetV2", "TFCTDFStack", "from_channels", "make_activation",
+           "make_norm", "to_channels", "valid_length"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
