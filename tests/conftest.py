@@ -31,6 +31,14 @@ TINY_MODELS: dict[str, list[str]] = {
                 "model.hop_length=64", "model.segment_length=44100", extra]
        for target, extra in (("mss.models.bs_roformer.BSRoformer", "model.freqs_per_bands=[4,4,8,16,32,65]"),
                              ("mss.models.mel_roformer.MelRoformer", "model.num_bands=8"))},
+    # TFC-TDF U-Nets: STFT 512 / 128, 256 bins; MDX23C 2 subbands x 2 scales of one block, 8 channels; MDX-Net v2
+    # 5 blocks (2 scales) of one convolution, growth 4, one FFT size for every source
+    "mss.models.tfc_tdf.MDX23C": ["model.n_fft=512", "model.hop_length=128", "model.dim_f=256", "model.num_subbands=2",
+                                  "model.num_scales=2", "model.num_blocks_per_scale=1", "model.num_channels=8",
+                                  "model.growth=8", "model.segment_length=44100"],
+    "mss.models.tfc_tdf.MDXNetV2": ["model.n_fft=512", "model.hop_length=128", "model.dim_f=256", "model.dim_t=64",
+                                    "model.num_blocks=5", "model.layers=1", "model.growth=4",
+                                    "model.segment_length=44100"],
     # Open-Unmix: hidden 16, STFT 512 / 128
     "mss.models.openunmix.OpenUnmix": ["model.hidden_size=16", "model.n_fft=512", "model.hop_length=128",
                                        "model.segment=${data.segment}"],
