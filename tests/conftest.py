@@ -34,6 +34,9 @@ TINY_MODELS: dict[str, list[str]] = {
     # Open-Unmix: hidden 16, STFT 512 / 128
     "mss.models.openunmix.OpenUnmix": ["model.hidden_size=16", "model.n_fft=512", "model.hop_length=128",
                                        "model.segment=${data.segment}"],
+    # Band-Split RNN: feature dim 4, one layer, STFT 1024 / 256 (the smallest that fits the floored band layouts)
+    "mss.models.bsrnn.BSRNN": ["model.feature_dim=4", "model.num_layers=1", "model.n_fft=1024", "model.hop_length=256",
+                               "model.mask_factor=1", "model.segment=${data.segment}"],
 }
 # Short training on the session dataset, independent of the model.
 TINY_RUN = [

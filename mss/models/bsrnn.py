@@ -40,9 +40,11 @@ Shape legend: ``B`` batch, ``S`` sources, ``C`` channels, ``T`` samples, ``F`` b
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F_
 from torch import Tensor, nn
 
 from mss.audio.spectral import istft, stft
@@ -96,8 +98,8 @@ class OneGroupNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        var, mean = torch.var_mean(x, dim=(-2, -1), keepdim=True, correction=0)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        # a layer norm over the last two axes without affine is exactly the one-group statistics (fused kernel)
+        return torch.addcmul(self.bias, F_.layer_norm(x, x.shape[-2:], eps=self.eps), self.weight)
 
 
 class ResidualRNN(nn.Module):
@@ -269,8 +271,11 @@ def convert_mag_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             new = f"band_split.{parts[1]}.{'norm' if parts[2] == '0' else 'fc'}.{parts[3]}"
         elif parts[0] == "separator" and len(parts) >= 5 and parts[2] in ("time_net", "band_net"):
             inner = {"main_layer": "rnn", "norm": "norm", "proj": "proj"}.get(parts[3])
-            if inner is None:
-                raise ValueError(f"{key}: unsupported MAG BSRNN layer type (only LSTM time/band layers)")
+            lstm = re.fullmatch(r"(weight|bias)_(ih|hh)_l0(_reverse)?", parts[4]) and len(parts) == 5
+            if inner is None or (inner == "rnn" and not lstm) or (
+                    parts[4].startswith("weight_hh") and value.shape[0] != 4 * value.shape[1]):
+                raise ValueError(f"{key}: unsupported MAG BSRNN layer type (only bidirectional one-layer LSTM "
+                                 f"time/band layers, no GRU or conv)")
             new = f"layers.{parts[1]}.{parts[2].replace('_net', '_rnn')}.{inner}.{'.'.join(parts[4:])}"
         elif parts[0] == "maskers" and len(parts) == 6 and parts[2] == "mask":
             if parts[1] != "0":
