@@ -115,6 +115,17 @@ def test_shapes_any_length_and_channels(channels):
         assert out.shape == (2, 2, channels, length) and torch.isfinite(out).all()
 
 
+def test_mixed_precision_keeps_the_complex_path_in_float32():
+    torch.manual_seed(0)
+    net = BSRNN(["vocals"], **TINY)
+    mix = torch.randn(1, 2, 4000)
+    with torch.no_grad():
+        full = net(mix)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 Linear/LSTM, float32 STFT, masks and iSTFT
+            half = net(mix)
+    assert half.dtype == torch.float32 and (half - full).abs().max() < 0.05 * full.abs().max()
+
+
 def test_bad_input_and_config_are_clear_errors():
     net = BSRNN(["vocals"], **TINY)
     with pytest.raises(ValueError, match="C=2"):

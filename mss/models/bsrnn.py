@@ -190,7 +190,7 @@ class BandSplitRNN(nn.Module):
             x = layer(x)
         out = []
         for k, (head, band) in enumerate(zip(self.masks, bands)):
-            mask = torch.view_as_complex(head(x[:, k]).transpose(-1, -2).contiguous())  # M N w
+            mask = torch.view_as_complex(head(x[:, k]).float().transpose(-1, -2).contiguous())  # M N w (float32)
             out.append(mask * torch.view_as_complex(band.contiguous()))
         return torch.cat(out, dim=-1).transpose(-1, -2)  # M F N
 
