@@ -97,6 +97,7 @@ CASES += [
     Case("mel_roformer", "mel_roformer", reference=lucidrains_roformer("mel")),
     Case("mel_roformer_msst", "mel_roformer_msst", reference=lucidrains_roformer("mel")),
     Case("umx", "umx", reference=openunmix_separator),
+    Case("bsrnn", "bsrnn"),  # reference (magronp/bsrnn) is not installable here: parity in tests/test_bsrnn.py
 ]
 
 # SCNet (the official starrytong/SCNet code is not installed here: mss only)

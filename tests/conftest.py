@@ -62,6 +62,9 @@ TINY_MODELS: dict[str, list[str]] = {
         "blocks:[[2,2,2],[1,1,1]],full_features:4,full_growth:[3,3,4,3,2],full_layers:[1,1,2,1,1],"
         "full_blocks:[2,2,2,2,2]},bass:${model.targets.drums},other:${model.targets.drums},"
         "vocals:${model.targets.drums}}"],
+    # Band-Split RNN: feature dim 4, one layer, STFT 1024 / 256 (the smallest that fits the floored band layouts)
+    "mss.models.bsrnn.BSRNN": ["model.feature_dim=4", "model.num_layers=1", "model.n_fft=1024", "model.hop_length=256",
+                               "model.mask_factor=1", "model.segment=${data.segment}"],
 }
 # Short training on the session dataset, independent of the model.
 TINY_RUN = [
