@@ -108,6 +108,7 @@ CASES += [
     Case("mmdenselstm", "mmdenselstm", ["model.sources=[vocals]"]),
     Case("mmdensenet", "mmdensenet", ["model.sources=[vocals]"]),
     Case("d3net", "d3net", ["model.sources=[vocals]"]),
+]
 # TFC-TDF U-Nets (the references, MSST mdx23c and kuielab/mdx-net, are not installable here: mss only)
 CASES += [
     Case("mdx23c", "mdx23c"),
