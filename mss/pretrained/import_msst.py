@@ -36,7 +36,10 @@ MODEL_TYPES: dict[str, str | None] = {
     "mel_band_roformer": "mss.pretrained.import_roformer",
     "htdemucs": None,
     "scnet": "mss.pretrained.msst_scnet",
+    "mdx23c": "mss.pretrained.msst_mdx23c",
 }
+# converters whose model_config reads the whole YAML (model:, audio:, training:) rather than the model section
+_WHOLE_YAML = {"mdx23c"}
 HTDEMUCS_TARGET = "mss.models.htdemucs.HTDemucs"
 # MSST HTDemucs options that change the network beyond the reference HT Demucs: refused unless at these values
 _HTDEMUCS_UNSUPPORTED = {"num_subbands": 1}
@@ -139,7 +142,8 @@ def import_msst(checkpoint: str | os.PathLike, config: str | os.PathLike, out: s
         audio, training = msst.get("audio") or {}, msst.get("training") or {}
         rate = int(audio.get("sample_rate") or training.get("samplerate") or 44100)
         section = msst.get(model_type) if not isinstance(msst["model"], dict) else msst["model"]
-        cfg = family.model_config(dict(section or {}), msst_sources(msst, None, sources), rate)
+        given = msst if model_type in _WHOLE_YAML else dict(section or {})
+        cfg = family.model_config(given, msst_sources(msst, None, sources), rate)
         state = family.convert_state_dict(state)
     try:
         net = build_model(cfg)
