@@ -50,10 +50,8 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor, nn
 
-from mss.audio.spectral import istft, stft
-from mss.audio.wiener import wiener
-from mss.models.base import Separator
 from mss.models.dense_blocks import D3Block, DenseBlock
+from mss.models.magnitude import MagnitudeSeparator
 
 __all__ = ["D3Net", "D3NetTarget", "MD3Net"]
 
@@ -211,7 +209,7 @@ class D3NetTarget(nn.Module):
         return torch.cat([y.transpose(2, 3), mag[:, :, self.valid_bins:]], dim=2)
 
 
-class D3Net(Separator):
+class D3Net(MagnitudeSeparator):
     """D3Net separator: mixture ``(B, C, T)`` -> targets ``(B, S, C, T)``, one :class:`D3NetTarget` per target with
     its own configuration (module docstring).
 
@@ -240,12 +238,9 @@ class D3Net(Separator):
         if missing:
             raise ValueError(f"D3Net: no configuration in `targets` for source(s) {missing} (configured: "
                              f"{sorted(targets)})")
-        if wiener_iterations < 0:
-            raise ValueError(f"D3Net: wiener_iterations must be >= 0, got {wiener_iterations}")
         if n_fft < 2 or not 0 < hop_length <= n_fft:
             raise ValueError(f"D3Net: need n_fft >= 2 and 0 < hop_length <= n_fft, got {n_fft}, {hop_length}")
-        self.n_fft, self.hop_length = n_fft, hop_length
-        self.wiener_iterations, self.wiener_window, self.residual = wiener_iterations, wiener_window, residual
+        self.set_masking(n_fft, hop_length, wiener_iterations, wiener_window, residual)
         n_bins = n_fft // 2 + 1
         self.targets = nn.ModuleDict()
         for name in self.sources:
@@ -256,21 +251,3 @@ class D3Net(Separator):
                                  f"(expected {sorted(TARGET_KEYS)})")
             self.targets[name] = D3NetTarget(audio_channels, n_bins, valid_bins, final_growth=final_growth,
                                              final_layers=final_layers, eps=eps, name=name, **spec)
-
-    def forward(self, mix: Tensor) -> Tensor:
-        """Separate ``mix``: ``(B, C, T)`` -> ``(B, S, C, T)``."""
-        self.check_mixture(mix)
-        length = mix.shape[-1]
-        pad_mode = "reflect" if length > self.n_fft // 2 else "constant"
-        with torch.autocast(mix.device.type, enabled=False):
-            spec = stft(mix.float(), self.n_fft, self.hop_length, pad_mode=pad_mode)  # B C F N
-        mag = spec.abs()
-        est = torch.stack([net(mag) for net in self.targets.values()], dim=1).float()  # B S C F N
-        with torch.autocast(mix.device.type, enabled=False):
-            if self.wiener_iterations > 0 and not self.training:
-                residual = self.residual or len(self.sources) == 1
-                out = wiener(est, spec, iterations=self.wiener_iterations, softmask=False, residual=residual,
-                             window_frames=self.wiener_window)[:, :len(self.sources)]
-            else:
-                out = torch.polar(est, spec.angle().unsqueeze(1).expand_as(est))
-            return istft(out, self.n_fft, self.hop_length, length)

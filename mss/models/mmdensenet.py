@@ -57,10 +57,8 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor, nn
 
-from mss.audio.spectral import istft, stft
-from mss.audio.wiener import wiener
-from mss.models.base import Separator
 from mss.models.dense_blocks import DenseBlock, pad_same, pair
+from mss.models.magnitude import MagnitudeSeparator
 
 __all__ = ["BandNet", "DenseLSTMBlock", "MMDenseNet", "MMDenseTarget"]
 
@@ -260,7 +258,7 @@ class MMDenseTarget(nn.Module):
         return torch.cat([x, mag[:, :, self.valid_bins:]], dim=2)
 
 
-class MMDenseNet(Separator):
+class MMDenseNet(MagnitudeSeparator):
     """MMDenseNet / MMDenseLSTM separator: mixture ``(B, C, T)`` -> targets ``(B, S, C, T)``, one
     :class:`MMDenseTarget` per target (module docstring).
 
@@ -284,29 +282,8 @@ class MMDenseNet(Separator):
         super().__init__(sources, audio_channels, sample_rate, round(segment * sample_rate))
         if bands is None or full is None or final is None:
             raise ValueError("MMDenseNet: bands, full and final must be given (see conf/model/mmdensenet.yaml)")
-        if wiener_iterations < 0:
-            raise ValueError(f"MMDenseNet: wiener_iterations must be >= 0, got {wiener_iterations}")
         if n_fft < 2 or not 0 < hop_length <= n_fft:
             raise ValueError(f"MMDenseNet: need n_fft >= 2 and 0 < hop_length <= n_fft, got {n_fft}, {hop_length}")
-        self.n_fft, self.hop_length = n_fft, hop_length
-        self.wiener_iterations, self.wiener_window, self.residual = wiener_iterations, wiener_window, residual
+        self.set_masking(n_fft, hop_length, wiener_iterations, wiener_window, residual)
         self.targets = nn.ModuleDict({
             name: MMDenseTarget(audio_channels, n_fft // 2 + 1, bands, full, final, eps) for name in self.sources})
-
-    def forward(self, mix: Tensor) -> Tensor:
-        """Separate ``mix``: ``(B, C, T)`` -> ``(B, S, C, T)``."""
-        self.check_mixture(mix)
-        length = mix.shape[-1]
-        pad_mode = "reflect" if length > self.n_fft // 2 else "constant"
-        with torch.autocast(mix.device.type, enabled=False):
-            spec = stft(mix.float(), self.n_fft, self.hop_length, pad_mode=pad_mode)  # B C F N
-        mag = spec.abs()
-        est = torch.stack([net(mag) for net in self.targets.values()], dim=1).float()  # B S C F N
-        with torch.autocast(mix.device.type, enabled=False):
-            if self.wiener_iterations > 0 and not self.training:
-                residual = self.residual or len(self.sources) == 1
-                out = wiener(est, spec, iterations=self.wiener_iterations, softmask=False, residual=residual,
-                             window_frames=self.wiener_window)[:, :len(self.sources)]
-            else:
-                out = torch.polar(est, spec.angle().unsqueeze(1).expand_as(est))
-            return istft(out, self.n_fft, self.hop_length, length)

@@ -37,9 +37,7 @@ import torch.nn.functional as F_
 from einops import rearrange
 from torch import Tensor, nn
 
-from mss.audio.spectral import istft, stft
-from mss.audio.wiener import wiener
-from mss.models.base import Separator
+from mss.models.magnitude import MagnitudeSeparator
 
 __all__ = ["OpenUnmix", "UnmixNet", "bandwidth_to_max_bin"]
 
@@ -91,7 +89,7 @@ class UnmixNet(nn.Module):
         return F_.relu(rearrange(x, "n b c f -> b c f n")) * mag
 
 
-class OpenUnmix(Separator):
+class OpenUnmix(MagnitudeSeparator):
     """Open-Unmix separator: mixture ``(B, C, T)`` -> targets ``(B, S, C, T)``, one :class:`UnmixNet` per target.
 
     Args:
@@ -113,32 +111,12 @@ class OpenUnmix(Separator):
                  wiener_iterations: int = 1, wiener_window: int | None = 300, residual: bool = False,
                  segment: float = 10.0):
         super().__init__(sources, audio_channels, sample_rate, round(segment * sample_rate))
-        if wiener_iterations < 0:
-            raise ValueError(f"wiener_iterations must be >= 0, got {wiener_iterations}")
         n_bins = n_fft // 2 + 1
         max_bin = max_bin or bandwidth_to_max_bin(sample_rate, n_fft, bandwidth)
         if not 1 <= max_bin <= n_bins:
             raise ValueError(f"max_bin={max_bin} must lie in [1, {n_bins}]")
-        self.n_fft, self.hop_length, self.max_bin = n_fft, hop_length, max_bin
-        self.wiener_iterations, self.wiener_window, self.residual = wiener_iterations, wiener_window, residual
+        self.max_bin = max_bin
+        self.set_masking(n_fft, hop_length, wiener_iterations, wiener_window, residual)
         self.targets = nn.ModuleDict({
             name: UnmixNet(n_bins, audio_channels, hidden_size, nb_layers, max_bin, unidirectional)
             for name in self.sources})
-
-    def forward(self, mix: Tensor) -> Tensor:
-        """Separate ``mix``: ``(B, C, T)`` -> ``(B, S, C, T)``."""
-        self.check_mixture(mix)
-        length = mix.shape[-1]
-        pad_mode = "reflect" if length > self.n_fft // 2 else "constant"
-        with torch.autocast(mix.device.type, enabled=False):
-            spec = stft(mix.float(), self.n_fft, self.hop_length, pad_mode=pad_mode)  # B C F N
-        mag = spec.abs()
-        est = torch.stack([net(mag) for net in self.targets.values()], dim=1).float()  # B S C F N
-        with torch.autocast(mix.device.type, enabled=False):
-            if self.wiener_iterations > 0 and not self.training:
-                residual = self.residual or len(self.sources) == 1
-                out = wiener(est, spec, iterations=self.wiener_iterations, softmask=False, residual=residual,
-                             window_frames=self.wiener_window)[:, :len(self.sources)]
-            else:
-                out = torch.polar(est, spec.angle().unsqueeze(1).expand_as(est))
-            return istft(out, self.n_fft, self.hop_length, length)

@@ -28,7 +28,7 @@ import torch
 
 from mss.checkpoint import build_model, save_checkpoint
 
-__all__ = ["MODEL_TYPES", "import_msst", "load_msst_yaml", "main", "msst_sources", "read_state_dict"]
+__all__ = ["MODEL_TYPES", "import_msst", "load_msst_yaml", "main", "msst_sources", "read_state_dict", "run_cli"]
 
 # MSST --model_type -> the module converting it (None: this module)
 MODEL_TYPES: dict[str, str | None] = {
@@ -158,7 +158,9 @@ def import_msst(checkpoint: str | os.PathLike, config: str | os.PathLike, out: s
                                                                    "config": str(config), "model_type": model_type}})
 
 
-def main(argv: list[str] | None = None) -> Path:
+def run_cli(argv: list[str] | None, convert, command: str, type_help: str) -> Path:
+    """The command line of the MSST importers: ``model.ckpt config=... out=... [type=...] [sources=a,b]``, handed to
+    ``convert(checkpoint, config, out, type, sources)``."""
     positional, options = [], {}
     for arg in list(sys.argv[1:] if argv is None else argv):
         key, sep, value = arg.partition("=")
@@ -169,12 +171,16 @@ def main(argv: list[str] | None = None) -> Path:
         else:
             positional.append(arg)
     if len(positional) != 1 or "config" not in options or "out" not in options:
-        raise SystemExit("usage: python -m mss.pretrained.import_msst model.ckpt config=config.yaml "
-                         f"out=mss_model.ckpt [type={'|'.join(sorted(MODEL_TYPES))}] [sources=a,b]")
+        raise SystemExit(f"usage: python -m {command} model.ckpt config=config.yaml out=mss_model.ckpt "
+                         f"[type={type_help}] [sources=a,b]")
     sources = options["sources"].split(",") if options.get("sources") else None
-    path = import_msst(positional[0], options["config"], options["out"], options.get("type"), sources)
+    path = convert(positional[0], options["config"], options["out"], options.get("type"), sources)
     print(f"wrote {path}")
     return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    return run_cli(argv, import_msst, "mss.pretrained.import_msst", "|".join(sorted(MODEL_TYPES)))
 
 
 if __name__ == "__main__":

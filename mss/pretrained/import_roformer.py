@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 
 from mss.checkpoint import build_model, save_checkpoint
-from mss.pretrained.import_msst import load_msst_yaml, read_state_dict
+from mss.pretrained.import_msst import load_msst_yaml, read_state_dict, run_cli
 
 __all__ = ["convert_state_dict", "import_roformer", "main", "model_config"]
 
@@ -190,28 +189,8 @@ def import_roformer(checkpoint: str | os.PathLike, config: str | os.PathLike, ou
                                                                    "config": str(config)}})
 
 
-def _parse(argv: list[str]) -> tuple[list[str], dict[str, str]]:
-    positional, options = [], {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in ("config", "out", "type", "sources"):
-            options[key] = value
-        elif sep:
-            raise SystemExit(f"unknown option {key!r}; expected config=, out=, type=, sources=")
-        else:
-            positional.append(arg)
-    return positional, options
-
-
 def main(argv: list[str] | None = None) -> Path:
-    positional, options = _parse(list(sys.argv[1:] if argv is None else argv))
-    if len(positional) != 1 or "config" not in options or "out" not in options:
-        raise SystemExit("usage: python -m mss.pretrained.import_roformer model.ckpt config=config.yaml "
-                         "out=mss_model.ckpt [type=bs|mel] [sources=a,b]")
-    sources = options["sources"].split(",") if options.get("sources") else None
-    path = import_roformer(positional[0], options["config"], options["out"], options.get("type"), sources)
-    print(f"wrote {path}")
-    return path
+    return run_cli(argv, import_roformer, "mss.pretrained.import_roformer", "bs|mel")
 
 
 if __name__ == "__main__":
