@@ -84,7 +84,9 @@ def _score(refs, est, name, sources, sample_rate, cfg: dict, out: Path, nsdrs: d
     json_path, info_path = _paths(out, cfg["subset"], name)
     save_track_json(scores, json_path)
     info = {**_signature(sources, OmegaConf.create(cfg)), "track": name, "nSDR": nsdrs, "whole_track": whole or {},
-            "reliable": scores.reliable, "cond": None if math.isnan(scores.cond) else scores.cond}
+            "reliable": scores.reliable, "cond": None if math.isnan(scores.cond) else scores.cond,
+            "unreliable_sources": scores.unreliable,
+            "error_db": {k: (None if not math.isfinite(v) else v) for k, v in scores.error_db.items()}}
     atomic_write_text(info_path, json.dumps(info, indent=2))  # written last: marks the track as done
     return name
 
@@ -341,11 +343,14 @@ def report(out: Path, names: list[str], sources: list[str], cfg, title: str, not
             for s in sources:
                 whole.setdefault(label, {k: [] for k in sources})[s].append(values[s])
         if not info.get("reliable", True):
-            flagged.append(name)
+            errors = info.get("error_db") or {}
+            flagged.append(f"{name}: " + ", ".join(
+                f"{s} (ISR/SIR/SAR error up to {errors[s]:.2g} dB)" if errors.get(s) is not None else s
+                for s in info.get("unreliable_sources") or sources))
     (out / "ill_conditioned_tracks.txt").unlink(missing_ok=True)
     if flagged:
-        log.warning("ISR/SIR/SAR are unreliable (ill-conditioned references) for %d track(s): %s", len(flagged),
-                    flagged)
+        log.warning("ISR/SIR/SAR may be off by more than 0.01 dB (ill-conditioned references) for %d track(s): %s",
+                    len(flagged), "; ".join(flagged))
         atomic_write_text(out / "ill_conditioned_tracks.txt", "\n".join(flagged) + "\n")
     metric_note = "BSS Eval v4" + (" (SDR only)" if cfg.get("sdr_only") else "") + f", backend {cfg.backend}"
     return write_evaluation(out, pd.concat(stores, ignore_index=True), nsdrs, sources, title=title,

@@ -155,6 +155,31 @@ def test_bit_depths(tmp_path: Path, bit_depth: int) -> None:
     assert _zero_runs(a["vocals"]).max() >= 1.5 * SR
 
 
+def test_panned_mono_stems(tmp_path: Path) -> None:
+    """Panned-mono sources: centred ones have bit-identical channels, panned ones are scaled copies up to the
+    rounding (16 bit: the residual of the best proportional fit is rounding noise), the others stay stereo; the
+    manifest records the option and the mixture is still the exact sum."""
+    root = synth.generate(tmp_path / "p", n_train=1, n_valid=0, n_test=0, duration=4.5,
+                          panned_mono={"bass": 0.0, "vocals": 0.4})
+    assert synth.read_manifest(root)["params"]["panned_mono"] == {"bass": 0.0, "vocals": 0.4}
+    a = _read(root / "train" / "synth-train-000", dtype="int16")
+    np.testing.assert_array_equal(a["bass"][:, 0], a["bass"][:, 1])
+    left, right = (a["vocals"][:, c].astype(np.float64) for c in (0, 1))
+    gain = left @ right / (left @ left)
+    assert gain == pytest.approx(np.tan(1.4 * np.pi / 4), rel=1e-3)  # constant-power pan 0.4: right louder
+    assert np.abs(right - gain * left).max() <= 1.5 * (1 + gain)  # dither (+-1 LSB) + rounding per channel
+    assert np.abs(a["other"][:, 0] - a["other"][:, 1]).max() > 100
+    total = sum(a[s].astype(np.int64) for s in synth.MUSDB_SOURCES)
+    np.testing.assert_array_equal(total, a["mixture"])
+    plain = synth.render_track("train", 0, duration=4.5)
+    # the other sources are unchanged up to the common level (the headroom scale follows the new peaks)
+    assert np.corrcoef(plain["drums"].ravel(), a["drums"].ravel())[0, 1] > 0.9999
+    with pytest.raises(ValueError, match="not among the sources"):
+        synth.generate(tmp_path / "x", panned_mono={"guitar": 0.0})
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        synth.generate(tmp_path / "x", panned_mono={"bass": 2.0})
+
+
 def test_invalid_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="known sources: drums, bass, other, vocals, piano, accompaniment"):
         synth.generate(tmp_path / "x", sources=("vocals", "guitar"))

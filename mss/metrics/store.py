@@ -48,15 +48,19 @@ class TrackScores:
 
     Attributes:
         scores: ``{"targets": [{"name", "frames": [{"time", "duration", "metrics": {...}}]}], "museval_version"}``.
-        reliable: ``False`` when BSS Eval flagged the track as ill-conditioned (ISR/SIR/SAR meaningless); not part of
-            the JSON.
+        reliable: ``False`` when BSS Eval flagged sources of the track (their ISR/SIR/SAR may be off by more than
+            0.01 dB); not part of the JSON.
         cond: condition-number estimate of the reference Gram matrix (NaN when unknown).
+        error_db: ``{source: estimated rounding error of its ISR/SIR/SAR in dB}`` (empty when unknown).
+        unreliable: the flagged sources.
     """
 
     def __init__(self, track_name: str, win: float = 1.0, hop: float = 1.0):
         self.track_name, self.win, self.hop = track_name, win, hop
         self.scores: dict = {"targets": [], "museval_version": MUSEVAL_VERSION}
         self.reliable, self.cond = True, math.nan
+        self.error_db: dict[str, float] = {}
+        self.unreliable: list[str] = []
 
     def add_target(self, target_name: str, values: dict) -> None:
         """Add one target from ``{"SDR": [...], "SIR": [...], "ISR": [...], "SAR": [...]}`` per-frame lists."""

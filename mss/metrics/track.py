@@ -80,7 +80,8 @@ def evaluate_track(
     Returns:
         :class:`TrackScores` with one target per source holding per-frame SDR/SIR/ISR/SAR; ``.json`` is museval's
         per-track JSON, ``.df`` its long DataFrame (``time, target, metric, score, track``), ``.reliable`` is
-        ``False`` when the reference Gram matrix was ill-conditioned (ISR/SIR/SAR then meaningless).
+        ``False`` when sources (``.unreliable``) have an estimated ISR/SIR/SAR rounding error (``.error_db``) over
+        0.01 dB.
 
     Raises:
         ValueError: if shapes differ, are not 3-D, do not match ``sources``, or a reference/estimate stem is silent
@@ -121,6 +122,8 @@ def evaluate_track(
         for warning in caught:
             warnings.warn(f"track {track_name!r}: {warning.message}", IllConditionedWarning, stacklevel=2)
         scores.reliable, scores.cond = result.reliable, result.cond
+        scores.error_db = {name: float(e) for name, e in zip(sources, result.error_db)}
+        scores.unreliable = [sources[j] for j in result.unreliable]
         sdr, isr, sir, sar = (m.cpu().numpy() for m in result)
     for j, name in enumerate(sources):
         scores.add_target(target_name=name, values={"SDR": sdr[j].tolist(), "SIR": sir[j].tolist(),

@@ -34,6 +34,7 @@ class SynthConfig:
     dither: bool = True
     stems_mp4: bool = False
     overwrite: bool = False
+    panned_mono: dict[str, float] = field(default_factory=dict)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from scipy.signal import butter, lfilter, resample_poly, sosfilt
 
 from mss.data.synth.song import Line, Song, name_key, note_line, track_rng
 
-__all__ = ["KNOWN_SOURCES", "MUSDB_SOURCES", "check_sources", "performance"]
+__all__ = ["KNOWN_SOURCES", "MUSDB_SOURCES", "check_sources", "pan_mono", "performance"]
 
 MUSDB_SOURCES = ("drums", "bass", "other", "vocals")
 KNOWN_SOURCES = ("drums", "bass", "other", "vocals", "piano", "accompaniment")
@@ -66,7 +66,7 @@ def _harmonics(line: Line, amps: Sequence[float], sr: int, decay: Array | None =
     return out
 
 
-def _pan(x: Array, pan: float) -> Array:
+def pan_mono(x: Array, pan: float) -> Array:
     """Constant-power pan of a mono signal (n,) to stereo (n, c); pan in [-1, 1], 0 = centre (gain 1, 1)."""
     theta = (pan + 1.0) * np.pi / 4.0
     return np.sqrt(2.0) * np.stack([np.cos(theta) * x, np.sin(theta) * x], axis=1)
@@ -155,7 +155,7 @@ def _drums(song: Song, rng: np.random.Generator) -> Array:
             continue
         steps, vel = (np.array(a, dtype=float) for a in zip(*events))
         times = steps * step + rng.normal(0.0, 0.003, steps.size)
-        out += _pan(_place(shots[name], times, vel, n, sr), pans[name])
+        out += pan_mono(_place(shots[name], times, vel, n, sr), pans[name])
     return out
 
 
@@ -186,7 +186,7 @@ def _bass(song: Song, rng: np.random.Generator) -> Array:
     tilt = rng.uniform(1.2, 2.0)
     x = _harmonics(line, [k**-tilt for k in range(1, 7)], song.sr) * env
     x = _filter(x, "lowpass", rng.uniform(220, 320), song.sr)
-    return _pan(x, rng.uniform(-0.05, 0.05))
+    return pan_mono(x, rng.uniform(-0.05, 0.05))
 
 
 def _chord_voices(song: Song, lo: int, extra_octave: bool) -> Array:
@@ -235,7 +235,7 @@ def _other(song: Song, rng: np.random.Generator) -> Array:
             line = note_line(starts + v * strum, ioi * 0.9, midi, vel, song, 0.05)
             decay = np.exp(-line.t * beta / tau)
             x = _harmonics(line, amps, sr, decay) * _envelope(line, 0.002, tau, 0.0, 0.05)
-            out += _pan(x, float(np.clip(centre + spread * (v - (nv - 1) / 2) / nv, -1, 1)))
+            out += pan_mono(x, float(np.clip(centre + spread * (v - (nv - 1) / 2) / nv, -1, 1)))
     return out
 
 
@@ -318,7 +318,7 @@ def _vocals(song: Song, rng: np.random.Generator) -> Array:
     sib = _filter(rng.standard_normal(ts.size), "highpass", 5000.0, sr) * np.hanning(ts.size)
     sib_on = onset_a[rng.random(onset_a.size) < 0.25]
     x += 0.15 * _place(sib, sib_on, np.ones(sib_on.size), n, sr)
-    return _pan(x, rng.uniform(-0.1, 0.1))
+    return pan_mono(x, rng.uniform(-0.1, 0.1))
 
 
 def _piano(song: Song, rng: np.random.Generator) -> Array:
@@ -353,7 +353,7 @@ def _piano(song: Song, rng: np.random.Generator) -> Array:
             x += (a * (ratio * line.f0 < 0.45 * sr)) * g * np.sin(ratio * line.phi)
             g *= faster
         pan = float(np.clip(centre + (np.mean(m) - 60) / 40, -0.8, 0.8))
-        out += _pan(x * env, pan)
+        out += pan_mono(x * env, pan)
     return out
 
 

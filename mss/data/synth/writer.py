@@ -11,18 +11,18 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from mss.data.synth.instruments import MUSDB_SOURCES, check_sources, performance
+from mss.data.synth.instruments import MUSDB_SOURCES, check_sources, pan_mono, performance
 from mss.data.synth.song import SPLIT_CODES, activity, name_key, plan_song, track_rng
 
 __all__ = [
     "DURATION", "FORMAT_VERSION", "MANIFEST", "MIN_DURATION", "N_TEST", "N_TRAIN", "N_VALID", "SEED", "VALID_LIST",
-    "generate", "read_manifest", "render_track", "track_names",
+    "check_panned_mono", "generate", "read_manifest", "render_track", "track_names",
 ]
 
 FORMAT_VERSION = 1
@@ -40,12 +40,16 @@ Array = np.ndarray
 
 def render_track(split: str, index: int, *, sources: Sequence[str] = MUSDB_SOURCES, duration: float = 12.0,
                  sample_rate: int = 44100, seed: int = 0, bit_depth: int = 16,
-                 dither: bool = True) -> dict[str, Array]:
+                 dither: bool = True, panned_mono: Mapping[str, float] | None = None) -> dict[str, Array]:
     """Render one track in memory, exactly as :func:`generate` stores it.
 
     Args:
         split: ``"train"``, ``"valid"`` or ``"test"`` (part of the random seed).
         index: track index within the split.
+        panned_mono: ``{source: pan}``: these sources are mono performances panned to stereo (pan in [-1, 1],
+            constant power), as bass and lead vocals are in many real mixes. Their channels are scaled copies of
+            one signal up to the final rounding (each channel rounded and dithered on its own), and bit-identical
+            at ``pan = 0``; BSS Eval's reference Gram matrix is then rank-deficient.
 
     Returns:
         ``{"mixture": x, <source>: x, ...}`` with x shaped (n, c): int16 for ``bit_depth=16``, int32 holding
@@ -57,6 +61,7 @@ def render_track(split: str, index: int, *, sources: Sequence[str] = MUSDB_SOURC
         raise ValueError(f"split must be one of {list(SPLIT_CODES)}, got {split!r}")
     if bit_depth not in (16, 24, 32):
         raise ValueError(f"bit_depth must be 16, 24 or 32 (float), got {bit_depth}")
+    panned = check_panned_mono(panned_mono, sources)
     n = round(duration * sample_rate)
     song = plan_song(track_rng(seed, split, index), n, sample_rate)
     perf, masks, rngs = [], [], []
@@ -64,7 +69,10 @@ def render_track(split: str, index: int, *, sources: Sequence[str] = MUSDB_SOURC
         rng = track_rng(seed, split, index, name_key(name), 1)
         masks.append(activity(song, rng))
         rngs.append(rng)
-        perf.append(performance(name, song, seed, split, index) * masks[-1][:, None])
+        x = performance(name, song, seed, split, index)
+        if name in panned:
+            x = pan_mono(x.mean(axis=1), panned[name])
+        perf.append(x * masks[-1][:, None])
     # headroom: neither the mixture nor any stem may exceed the peak target, minus the worst rounding+dither
     full = 2 ** (min(bit_depth, 24) - 1) - 1
     peak = max(float(np.abs(sum(perf)).max()), *(float(np.abs(p).max()) for p in perf))
@@ -75,6 +83,8 @@ def render_track(split: str, index: int, *, sources: Sequence[str] = MUSDB_SOURC
         if dither:  # TPDF, +-1 LSB, only where the source plays: silent sections stay exact zeros
             y += (rng.random(y.shape) - rng.random(y.shape)) * (mask > 0)[:, None]
         stems[name] = np.rint(y).astype(np.int64)
+        if panned.get(name) == 0.0:  # centred mono: one rounding for both channels (bit-identical)
+            stems[name][:, 1:] = stems[name][:, :1]
     mix = sum(stems.values())
     if np.abs(mix).max() > full:  # cannot happen by construction; guard the invariant anyway
         raise RuntimeError("synthetic mixture clips; this is a bug in mss.data.synth")
@@ -84,6 +94,23 @@ def render_track(split: str, index: int, *, sources: Sequence[str] = MUSDB_SOURC
     if bit_depth == 24:
         return {k: v.astype(np.int32) for k, v in out.items()}
     return {k: (v / 2.0**23).astype(np.float32) for k, v in out.items()}
+
+
+def check_panned_mono(panned_mono: Mapping[str, float] | None, sources: Sequence[str]) -> dict[str, float]:
+    """``panned_mono`` as ``{source: pan}`` with every source among ``sources`` and every pan in [-1, 1]."""
+    if not panned_mono:
+        return {}
+    if not isinstance(panned_mono, Mapping):
+        raise TypeError(f"panned_mono must map source names to pan positions in [-1, 1] (0 = centre), e.g. "
+                        f"{{bass: 0, vocals: 0.3}}; got {panned_mono!r}")
+    out = {str(k): float(v) for k, v in panned_mono.items()}
+    unknown = sorted(set(out) - set(sources))
+    if unknown:
+        raise ValueError(f"panned_mono names {unknown}, which are not among the sources {list(sources)}")
+    bad = {k: v for k, v in out.items() if not -1.0 <= v <= 1.0}
+    if bad:
+        raise ValueError(f"panned_mono pan positions must lie in [-1, 1] (0 = centre), got {bad}")
+    return out
 
 
 def _write_wav(path: Path, x: Array, sr: int, bit_depth: int) -> None:
@@ -140,7 +167,7 @@ def _write_stem_mp4(path: Path, audio: dict[str, Array], sr: int, bit_depth: int
 def generate(root: str | os.PathLike, *, sources: Sequence[str] = MUSDB_SOURCES, n_train: int = N_TRAIN,
              n_valid: int = N_VALID, n_test: int = N_TEST, duration: float = DURATION, sample_rate: int = 44100,
              seed: int = SEED, bit_depth: int = 16, dither: bool = True, stems_mp4: bool = False,
-             overwrite: bool = False) -> Path:
+             overwrite: bool = False, panned_mono: Mapping[str, float] | None = None) -> Path:
     """Write a synthetic dataset in the MUSDB18-HQ layout under ``root`` (see :mod:`mss.data.synth`).
 
     Generation happens in a temporary sibling folder that is renamed into place, ``valid_tracks.txt`` and
@@ -159,6 +186,7 @@ def generate(root: str | os.PathLike, *, sources: Sequence[str] = MUSDB_SOURCES,
             the 4 MUSDB sources and ffmpeg).
         overwrite: replace an existing synthetic dataset generated with other parameters. A non-empty folder
             without a manifest is never deleted.
+        panned_mono: ``{source: pan}`` of sources rendered as panned mono (see :func:`render_track`).
 
     Returns:
         ``Path(root)``.
@@ -189,6 +217,9 @@ def generate(root: str | os.PathLike, *, sources: Sequence[str] = MUSDB_SOURCES,
               "n_test": int(n_test), "duration": float(duration), "sample_rate": int(sample_rate),
               "seed": int(seed), "bit_depth": int(bit_depth), "dither": bool(dither),
               "stems_mp4": bool(stems_mp4)}
+    panned = check_panned_mono(panned_mono, sources)
+    if panned:  # recorded only when used: datasets written before the option keep matching their manifest
+        params["panned_mono"] = panned
 
     replacing = False
     if root.exists():
@@ -225,7 +256,7 @@ def generate(root: str | os.PathLike, *, sources: Sequence[str] = MUSDB_SOURCES,
                 folder.mkdir()
                 audio = render_track(split, index, sources=sources, duration=duration,
                                      sample_rate=int(sample_rate), seed=int(seed), bit_depth=bit_depth,
-                                     dither=dither)
+                                     dither=dither, panned_mono=panned)
                 for stem, x in audio.items():
                     _write_wav(folder / f"{stem}.wav", x, int(sample_rate), bit_depth)
                 if stems_mp4:

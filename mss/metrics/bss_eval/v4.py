@@ -13,13 +13,15 @@ from mss.metrics.bss_eval.framing import frame_energies, n_frames, safe_db, sile
 from mss.metrics.bss_eval.projections import filters, image_metrics
 from mss.metrics.bss_eval.scratch import CHUNK_BYTES, Scratch
 
-__all__ = ["COND_LIMIT", "BSSEvalV4", "IllConditionedWarning", "SilentSourceError", "bss_eval_v4"]
+__all__ = ["COND_LIMIT", "MAX_ERROR_DB", "BSSEvalV4", "IllConditionedWarning", "SilentSourceError", "bss_eval_v4"]
 
-COND_LIMIT = 1e11  # cond(G) above which ISR/SIR/SAR are flagged (16-bit refs: 1e9-2e10; 20-bit: 3e11, ISR < 0 dB)
+COND_LIMIT = 1e11  # cond(G) above which the filters are solved by LU like museval (16-bit refs: 1e9-2e10)
+MAX_ERROR_DB = 0.01  # estimated rounding error of ISR/SIR/SAR above which a source is flagged
 
 
 class IllConditionedWarning(UserWarning):
-    """The reference Gram matrix is (numerically) singular: ISR/SIR/SAR are not meaningful for this track."""
+    """The reference Gram matrix is so ill-conditioned that some sources' ISR/SIR/SAR may be off by more than
+    :data:`MAX_ERROR_DB` (the warning names them and the estimated error)."""
 
 
 class SilentSourceError(ValueError):
@@ -42,19 +44,38 @@ class BSSEvalV4(tuple):
     Unpacks like museval's result (``sdr, isr, sir, sar = bss_eval_v4(...)``).
 
     Attributes:
-        cond: estimate of the condition number of the reference Gram matrix ``G + eps·I`` (``inf`` when its Cholesky
-            factorisation failed, ``nan`` when the filters were not computed).
-        reliable: ``False`` when ``cond`` exceeds the limit: ISR/SIR/SAR are then numerically meaningless (SDR is
-            always exact: it does not depend on the filters).
+        cond: estimate of the condition number of the reference Gram matrix ``G + eps·I`` (after leaving out the
+            channels in ``copies``; ``inf`` when its Cholesky factorisation failed, ``nan`` when the filters were not
+            computed).
+        error_db: ``(S,)`` first-order bound on the rounding error of each source's ISR/SIR/SAR in dB (the worst
+            frame): ``20·log10(e)·ρ·10^(m/20)`` for the largest metric ``m`` of the source, where ``ρ = ‖G c − D‖ /
+            (√λ_min(G) ‖P‖)`` bounds the relative error of its projections ``P`` from the residual of the solved
+            normal equations (a relative error ``ρ`` is amplified by the ratio of the projected signal to the small
+            error signal of a high metric). ``inf`` where the factorisation failed; ``nan`` without filters.
+        unreliable: indices of the sources whose ``error_db`` exceeds :data:`MAX_ERROR_DB`.
+        reliable: no source is unreliable (SDR is always exact: it does not depend on the filters).
+        copies: per source, the reference channels left out as scaled copies of its other channels (panned-mono or
+            bit-identical stems; see :func:`~mss.metrics.bss_eval.projections.copied_channels`).
     """
 
     cond: float
-    reliable: bool
+    error_db: np.ndarray
+    copies: list[list[int]]
 
-    def __new__(cls, sdr, isr, sir, sar, cond: float = math.nan, reliable: bool = True):
+    def __new__(cls, sdr, isr, sir, sar, cond: float = math.nan, error_db=None, copies=None):
         self = super().__new__(cls, (sdr, isr, sir, sar))
-        self.cond, self.reliable = float(cond), bool(reliable)
+        self.cond = float(cond)
+        self.error_db = np.full(sdr.shape[0], math.nan) if error_db is None else np.asarray(error_db, dtype=float)
+        self.copies = [[] for _ in range(sdr.shape[0])] if copies is None else copies
         return self
+
+    @property
+    def unreliable(self) -> list[int]:
+        return [j for j, e in enumerate(self.error_db) if not e <= MAX_ERROR_DB and not math.isnan(e)]
+
+    @property
+    def reliable(self) -> bool:
+        return not self.unreliable
 
     sdr = property(lambda self: self[0])
     isr = property(lambda self: self[1])
@@ -88,15 +109,15 @@ def bss_eval_v4(references, estimates, win: int = 44100, hop: int = 44100, *, fi
         sdr_only: skip the filters: ISR/SIR/SAR are returned as NaN (SDR is identical either way; ~100× cheaper).
         device: where to compute (default: the references' device).
         chunk: frames (and correlation blocks) processed at once (default: a ~100 MB working-set budget).
-        cond_limit: condition-number limit above which ISR/SIR/SAR are flagged unreliable.
+        cond_limit: condition number above which the filters are solved by LU, as museval does.
 
     Returns:
-        :class:`BSSEvalV4` ``(sdr, isr, sir, sar)``, each ``(S, N)`` float64 on ``device``, with ``cond`` and
-        ``reliable``.
+        :class:`BSSEvalV4` ``(sdr, isr, sir, sar)``, each ``(S, N)`` float64 on ``device``, with ``cond``,
+        ``error_db``, ``reliable`` / ``unreliable`` and ``copies``.
 
     Raises:
-        ValueError: on mismatching shapes; :class:`SilentSourceError` (a ``ValueError``) for a reference/estimate
-            source that is all zeros over the whole track.
+        ValueError: on mismatching shapes or an empty signal; :class:`SilentSourceError` (a ``ValueError``) for a
+            reference/estimate source that is all zeros over the whole track.
     """
     refs, ests = _as_stems(references, "references"), _as_stems(estimates, "estimates")
     if device is not None:
@@ -107,6 +128,9 @@ def bss_eval_v4(references, estimates, win: int = 44100, hop: int = 44100, *, fi
         raise ValueError(f"references {tuple(references.shape)} and estimates {tuple(estimates.shape)} differ in "
                          "the number of sources or channels")
     length = refs.shape[-1]
+    if length == 0:
+        raise ValueError(f"references {tuple(references.shape)}: the signals are empty (0 samples); BSS Eval needs at "
+                         "least one sample")
     if ests.shape[-1] != length:  # museval.evaluate(padding=True)
         ests = ests[..., :length] if ests.shape[-1] > length else F.pad(ests, (0, length - ests.shape[-1]))
     win, hop = int(win), int(hop)
@@ -123,12 +147,23 @@ def bss_eval_v4(references, estimates, win: int = 44100, hop: int = 44100, *, fi
         return BSSEvalV4(sdr, nan, nan.clone(), nan.clone())
     # the largest buffer is the Gram matrix's factor
     scratch = Scratch((refs.shape[0] * refs.shape[1] * filters_len) ** 2 * 8 + 8 * CHUNK_BYTES, refs.device)
-    c_all, c_own, cond = filters(refs, ests, filters_len, cond_limit, chunk, scratch)
+    c_all, c_own, cond, copies, rel = filters(refs, ests, filters_len, cond_limit, chunk, scratch)
     isr, sir, sar = image_metrics(refs, ests, c_all, c_own, ref_energy, nwin, wlen, hop, chunk, scratch.reset())
     isr, sir, sar = (m.masked_fill(silent, math.nan) for m in (isr, sir, sar))
-    reliable = cond <= cond_limit
-    if not reliable:
-        warnings.warn(f"BSS Eval v4: the reference Gram matrix is ill-conditioned (cond ≈ {cond:.3g} > "
-                      f"{cond_limit:.0e}); ISR/SIR/SAR are not meaningful (references without a noise floor? "
-                      "quantise them to 16 bit). SDR is unaffected.", IllConditionedWarning, stacklevel=2)
-    return BSSEvalV4(sdr, isr, sir, sar, cond=cond, reliable=reliable)
+    result = BSSEvalV4(sdr, isr, sir, sar, cond=cond, error_db=error_estimate(rel, isr, sir, sar), copies=copies)
+    if result.unreliable:
+        errors = ", ".join(f"{j}: {result.error_db[j]:.2g} dB" for j in result.unreliable)
+        warnings.warn(f"BSS Eval v4: the reference Gram matrix is ill-conditioned (cond ≈ {cond:.3g}); the ISR/SIR/SAR "
+                      f"of source(s) {errors} may be off by about that much (estimated rounding error, over "
+                      f"{MAX_ERROR_DB} dB). References without a noise floor? Quantise them to 16 bit. SDR is "
+                      "unaffected.", IllConditionedWarning, stacklevel=2)
+    return result
+
+
+def error_estimate(rel: np.ndarray, *metrics: torch.Tensor) -> np.ndarray:
+    """``(S,)`` estimated rounding error in dB of the image metrics from the relative error ``rel (S,)`` of the
+    projections (see :attr:`BSSEvalV4.error_db`)."""
+    top = torch.stack([m.nan_to_num(nan=-math.inf, posinf=-math.inf) for m in metrics]).amax(dim=(0, 2))
+    top = top.cpu().numpy().clip(min=0.0)  # a low metric is not amplified below the projection's own error
+    with np.errstate(over="ignore", invalid="ignore"):
+        return 20 * math.log10(math.e) * rel * 10 ** (top / 20)
