@@ -114,6 +114,8 @@ CASES += [
     Case("mdx23c", "mdx23c"),
     Case("tfc_tdf_v2", "tfc_tdf_v2"),
 ]
+# BandIt (MSST models/bandit needs torchaudio, not installable here: mss only; parity in tests/test_bandit.py)
+CASES += [Case("bandit", "bandit", ["model.sources=[vocals,other]"])]
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}

@@ -65,6 +65,10 @@ TINY_MODELS: dict[str, list[str]] = {
     # Band-Split RNN: feature dim 4, one layer, STFT 1024 / 256 (the smallest that fits the floored band layouts)
     "mss.models.bsrnn.BSRNN": ["model.feature_dim=4", "model.num_layers=1", "model.n_fft=1024", "model.hop_length=256",
                                "model.mask_factor=1", "model.segment=${data.segment}"],
+    # BandIt: 8 musical bands, width 8, one time + band GRU pair, mask MLP 16, STFT 512 / 128
+    "mss.models.bandit.BandIt": ["model.n_bands=8", "model.emb_dim=8", "model.rnn_dim=8", "model.n_sqm_modules=1",
+                                 "model.mlp_dim=16", "model.n_fft=512", "model.hop_length=128",
+                                 "model.segment=${data.segment}"],
 }
 # Short training on the session dataset, independent of the model.
 TINY_RUN = [

@@ -7,7 +7,9 @@ Usage::
 
 ``model.ckpt`` is what MSST saves (``torch.save(model.state_dict())``, optionally wrapped in ``{"state_dict": ...}``
 and with a ``module.`` prefix); ``config.yaml`` is the training YAML it was trained with. ``type`` is MSST's
-``--model_type``; it may be left out for configs that name their model (``model: htdemucs``). The result loads with
+``--model_type``; it may be left out for configs that name their model (``model: htdemucs``; BandIt's
+``name: MultiMaskMultiSourceBandSplitRNN`` -> ``bandit``, ``cls: Bandit`` -> ``bandit_v2``, whose arguments sit under
+``kwargs:``). The result loads with
 :func:`mss.load_model`, evaluates with ``python -m mss.evaluate ckpt=mss_model.ckpt``, separates and fine-tunes.
 
 Supported model types: :data:`MODEL_TYPES` (RoFormers through :mod:`mss.pretrained.import_roformer`, HT Demucs here,
@@ -37,9 +39,15 @@ MODEL_TYPES: dict[str, str | None] = {
     "htdemucs": None,
     "scnet": "mss.pretrained.msst_scnet",
     "mdx23c": "mss.pretrained.msst_mdx23c",
+    "bandit": "mss.pretrained.msst_bandit",
+    "bandit_v2": "mss.pretrained.msst_bandit",
 }
 # converters whose model_config reads the whole YAML (model:, audio:, training:) rather than the model section
 _WHOLE_YAML = {"mdx23c"}
+# converters whose constructor arguments sit under another key than model: (MSST bandit_v2 builds Bandit(**kwargs))
+_SECTION_KEY = {"bandit_v2": "kwargs"}
+# YAMLs that name their model elsewhere than model: <type>: (top-level key, value) -> model type
+_NAMED_BY = {("name", "MultiMaskMultiSourceBandSplitRNN"): "bandit", ("cls", "Bandit"): "bandit_v2"}
 HTDEMUCS_TARGET = "mss.models.htdemucs.HTDemucs"
 # MSST HTDemucs options that change the network beyond the reference HT Demucs: refused unless at these values
 _HTDEMUCS_UNSUPPORTED = {"num_subbands": 1}
@@ -58,8 +66,9 @@ def load_msst_yaml(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"{path}: MSST config not found")
     with open(path) as f:
         cfg = yaml.load(f, Loader=Loader)
-    if not isinstance(cfg, dict) or "model" not in cfg:
-        raise ValueError(f"{path}: expected an MSST YAML with a 'model:' section (or 'model: <type>')")
+    if not isinstance(cfg, dict) or not ("model" in cfg or "kwargs" in cfg):
+        raise ValueError(f"{path}: expected an MSST YAML with a 'model:' section (or 'model: <type>', or the "
+                         "'kwargs:' of bandit_v2)")
     return cfg
 
 
@@ -114,7 +123,9 @@ def _htdemucs_config(msst: Mapping[str, Any], sources: list[str] | None) -> dict
 
 
 def _model_type(msst: Mapping[str, Any], given: str | None, config: str | os.PathLike) -> str:
-    model_type = given or (msst["model"] if isinstance(msst["model"], str) else None)
+    model_type = given or (msst["model"] if isinstance(msst.get("model"), str) else None)
+    if model_type is None:
+        model_type = next((t for (key, value), t in _NAMED_BY.items() if msst.get(key) == value), None)
     if model_type is None:
         raise ValueError(f"{config}: the YAML does not name its model; pass type= (MSST's --model_type), one of "
                          f"{sorted(MODEL_TYPES)}")
@@ -141,7 +152,10 @@ def import_msst(checkpoint: str | os.PathLike, config: str | os.PathLike, out: s
         family = importlib.import_module(module)
         audio, training = msst.get("audio") or {}, msst.get("training") or {}
         rate = int(audio.get("sample_rate") or training.get("samplerate") or 44100)
-        section = msst.get(model_type) if not isinstance(msst["model"], dict) else msst["model"]
+        if model_type in _SECTION_KEY:
+            section = msst.get(_SECTION_KEY[model_type])
+        else:
+            section = msst["model"] if isinstance(msst.get("model"), dict) else msst.get(model_type)
         given = msst if model_type in _WHOLE_YAML else dict(section or {})
         cfg = family.model_config(given, msst_sources(msst, None, sources), rate)
         state = family.convert_state_dict(state)
