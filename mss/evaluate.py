@@ -132,7 +132,7 @@ def _process(net, item, sources, sample_rate, cfg, out, device, metrics_device, 
             save_audio(out / "estimates" / item["name"] / f"{s}.wav", wav, sample_rate, subtype="FLOAT")
     nsdrs = dict(zip(sources, nsdr(item["stems"], est).tolist()))
     whole = whole_track_scores(check_metrics(cfg.get("metrics") or ALWAYS), item["stems"], est, sources,
-                               sample_rate)
+                               sample_rate, float(cfg.win), float(cfg.hop))
     args = (item["stems"], est, item["name"], sources, sample_rate, OmegaConf.to_container(cfg), out, nsdrs,
             metrics_device, whole)
     return pool.submit(_score, *args) if pool is not None else _score(*args)

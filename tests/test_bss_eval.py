@@ -15,7 +15,8 @@ import pytest
 import torch
 from scipy.signal import butter, lfilter, sosfilt
 
-from mss.metrics import IllConditionedWarning, TrackScores, bss_eval_v4, evaluate_track, frame_sdr, n_frames
+from mss.metrics import (IllConditionedWarning, TrackScores, bss_eval_v3, bss_eval_v4, evaluate_track, frame_sdr,
+                         n_frames)
 from mss.metrics.bss_eval import correlations, projections, toeplitz, v4
 
 SR = 8000
@@ -319,3 +320,41 @@ def test_exact_scaled_copies_silent_channels_and_the_error_bound():
 def test_empty_signals_are_a_clear_error():
     with pytest.raises(ValueError, match="empty"):
         bss_eval_v4(np.zeros((2, 0, 2)), np.zeros((2, 0, 2)))
+
+
+V3_CASES = {  # (sources, seconds, channels, win, hop, taps, silent reference 0)
+    "stereo-3src-overlap": (3, 3.2, 2, SR, SR // 2, 32, None),
+    "mono-2src-silent": (2, 3.0, 1, SR, SR, 32, (0.9, 2.1)),
+    "short-one-frame": (2, 0.7, 2, SR, SR, 16, None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(V3_CASES))
+def test_v3_matches_museval_v3_mode(case):
+    """Framewise filters (museval ``mode='v3'``, i.e. ``bss_eval(framewise_filters=True)``): same tolerances as v4;
+    SDR equals v4's, and ISR/SIR/SAR differ from v4's (the filters are the difference)."""
+    from museval import metrics
+
+    n_src, seconds, channels, win, hop, taps, silent = V3_CASES[case]
+    refs, ests = signals(n_src, seconds, channels, silent=silent, seed=3)
+    expected = metrics.bss_eval(refs, ests, window=win, hop=hop, compute_permutation=False, filters_len=taps,
+                                framewise_filters=True, bsseval_sources_version=False)[:4]
+    ours = bss_eval_v3(refs, ests, win, hop, filters_len=taps)
+    assert ours.reliable
+    assert_matches(expected, ours)
+    v4_result = bss_eval_v4(refs, ests, win, hop, filters_len=taps)
+    torch.testing.assert_close(ours.sdr, v4_result.sdr, rtol=0, atol=1e-12, equal_nan=True)
+    if refs.shape[1] > win:
+        finite = ours.sir.isfinite()
+        assert (ours.sir[finite] - v4_result.sir[finite]).abs().max() > 1e-3
+
+
+def test_v3_leaves_out_copied_channels_per_frame():
+    refs, ests = panned_mono_track({"bass": 0.0}, seconds=2.5)
+    ours = bss_eval_v3(refs, ests, SR, SR, filters_len=16)
+    from museval import metrics
+
+    expected = metrics.bss_eval(refs, ests, window=SR, hop=SR, compute_permutation=False, filters_len=16,
+                                framewise_filters=True, bsseval_sources_version=False)[:4]
+    assert ours.copies == [[], [1], [], []]
+    assert_matches(expected, ours)

@@ -129,6 +129,31 @@ def test_whole_track_metrics_are_selectable(small_root, tmp_path):
                     model_cfg=cfg.model)
 
 
+def test_bss_eval_v3_is_selectable(small_root, tmp_path):
+    """``evaluation.metrics=[..., bss_eval_v3]``: per track the median over frames of v3's SDR/ISR/SIR/SAR; SDR-v3
+    equals v4's per-track SDR, SIR-v3 equals bss_eval_v3 on the saved estimates."""
+    import soundfile as sf
+
+    from mss.metrics import bss_eval_v3, read_track_json
+
+    cfg = _cfg(small_root, "evaluation.metrics=[bss_eval_v4,nsdr,bss_eval_v3]", "evaluation.save_estimates=true",
+               "evaluation.plots=false")
+    table = ev.evaluate(None, cfg.data, cfg.evaluation, tmp_path, model_cfg=cfg.model)
+    assert {"SDR-v3 (mean)", "SIR-v3 (mean)", "ISR-v3 (mean)", "SAR-v3 (mean)"} <= set(table.columns)
+    track = next((small_root / "test").iterdir())
+    info = json.loads((tmp_path / "track_info" / "test" / f"{track.name}.json").read_text())
+    v4_frames = read_track_json(tmp_path / "museval" / "test" / f"{track.name}.json").df
+    for s in ("vocals", "accompaniment"):
+        v4_sdr = v4_frames[(v4_frames.target == s) & (v4_frames.metric == "SDR")].score.median()
+        assert info["whole_track"]["SDR-v3"][s] == pytest.approx(v4_sdr, abs=1e-4)  # JSON rounds to 5 decimals
+    refs, est = (np.stack([sf.read(folder / f"{s}.wav", dtype="float32")[0] for s in ("vocals", "accompaniment")])
+                 for folder in (track, tmp_path / "estimates" / track.name))
+    sr = sf.info(str(track / "vocals.wav")).samplerate
+    expected = np.nanmedian(bss_eval_v3(refs, est, sr, sr).sir.numpy(), axis=1).tolist()
+    assert [info["whole_track"]["SIR-v3"][s] for s in ("vocals", "accompaniment")] == pytest.approx(expected,
+                                                                                                    abs=1e-6)
+
+
 def test_second_run_with_another_metric_reuses_the_estimates(small_root, tmp_path, monkeypatch):
     """The estimate cache: a re-run with a new metric separates nothing (no network call) and its numbers equal a
     fresh run's; a changed inference setting separates again; evaluation.cache=false never reuses."""

@@ -1,4 +1,4 @@
-"""Separation metrics: BSS Eval v4 (exact, fast re-implementation of museval), whole-signal nSDR / SI-SDR, per-frame
+"""Separation metrics: BSS Eval v4 and v3 (exact, fast re-implementations of museval), whole-signal nSDR / SI-SDR, per-frame
 SDR, per-track scores in museval's JSON format and their aggregation.
 
 museval is imported lazily (only by ``evaluate_track(..., backend="museval")``), so importing this package is cheap
@@ -10,6 +10,7 @@ from mss.metrics.bss_eval import (
     BSSEvalV4,
     IllConditionedWarning,
     SilentSourceError,
+    bss_eval_v3,
     bss_eval_v4,
     frame_sdr,
     n_frames,
@@ -30,6 +31,7 @@ __all__ = [
     "TrackScores",
     "aggregate",
     "bleedless_fullness",
+    "bss_eval_v3",
     "bss_eval_v4",
     "evaluate_track",
     "frame_sdr",

@@ -23,7 +23,9 @@ frames are projected in the frequency domain, a cache-sized chunk at a time, and
 inverse FFTs). SDR alone is one streaming pass. Memory is bounded by chunking blocks and frames into reused buffers.
 Everything runs on the device of the inputs (CPU or CUDA).
 
-Modules: :mod:`~mss.metrics.bss_eval.v4` (the driver, :func:`bss_eval_v4`), :mod:`~mss.metrics.bss_eval.framing`
+BSS Eval v3 (:func:`bss_eval_v3`, ``museval.evaluate(..., mode='v3')``) solves the same projection in every frame.
+
+Modules: :mod:`~mss.metrics.bss_eval.v4` (the driver, :func:`bss_eval_v4`), :mod:`~mss.metrics.bss_eval.v3`, :mod:`~mss.metrics.bss_eval.framing`
 (museval's framing, frame energies, silence rule, :func:`frame_sdr`), :mod:`~mss.metrics.bss_eval.correlations` (the
 block FFT correlation pass), :mod:`~mss.metrics.bss_eval.toeplitz` (the Gram matrix: assembly, block Toeplitz
 product, Schur factor, solves, eigenvalue estimates), :mod:`~mss.metrics.bss_eval.projections` (distortion filters,
@@ -41,6 +43,7 @@ Inputs follow museval's ``(S, T, C)`` layout; internally signals are ``(S, C, T)
 
 from mss.metrics.bss_eval.framing import frame_sdr, n_frames
 from mss.metrics.bss_eval.toeplitz import EPS
+from mss.metrics.bss_eval.v3 import bss_eval_v3
 from mss.metrics.bss_eval.v4 import COND_LIMIT, BSSEvalV4, IllConditionedWarning, SilentSourceError, bss_eval_v4
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "BSSEvalV4",
     "IllConditionedWarning",
     "SilentSourceError",
+    "bss_eval_v3",
     "bss_eval_v4",
     "frame_sdr",
     "n_frames",

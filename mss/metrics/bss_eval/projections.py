@@ -122,8 +122,8 @@ def filters(refs: torch.Tensor, ests: torch.Tensor, lags: int, cond_limit: float
     residual = torch.linalg.vector_norm(apply(to_taps(c_all)) - to_taps(rhs), dim=0)
     energy = (c_all * rhs).sum(0).clamp(min=0)
     lam_min = lam_max / cond if math.isfinite(cond) else 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = (residual / (lam_min ** 0.5 * energy.sqrt())).nan_to_num(nan=math.inf).reshape(n_src, n_ch)
+    rel = residual / (lam_min ** 0.5 * energy.sqrt())  # 0/0 (silent estimate channel): NaN -> unbounded
+    rel = torch.where(rel.isnan(), math.inf, rel).reshape(n_src, n_ch)
     rel = rel.amax(1).cpu().numpy()
     # back to every channel: zero taps on the left-out copies
     full_all = c_all.new_zeros(x, lags, x)

@@ -119,6 +119,36 @@ def bss_eval_v4(references, estimates, win: int = 44100, hop: int = 44100, *, fi
         ValueError: on mismatching shapes or an empty signal; :class:`SilentSourceError` (a ``ValueError``) for a
             reference/estimate source that is all zeros over the whole track.
     """
+    refs, ests, nwin, wlen, hop, ref_energy, silent, sdr = prepare(references, estimates, win, hop, device, chunk)
+    if sdr_only:
+        nan = torch.full_like(sdr, math.nan)
+        return BSSEvalV4(sdr, nan, nan.clone(), nan.clone())
+    # the largest buffer is the Gram matrix's factor
+    scratch = Scratch((refs.shape[0] * refs.shape[1] * filters_len) ** 2 * 8 + 8 * CHUNK_BYTES, refs.device)
+    c_all, c_own, cond, copies, rel = filters(refs, ests, filters_len, cond_limit, chunk, scratch)
+    isr, sir, sar = image_metrics(refs, ests, c_all, c_own, ref_energy, nwin, wlen, hop, chunk, scratch.reset())
+    isr, sir, sar = (m.masked_fill(silent, math.nan) for m in (isr, sir, sar))
+    result = BSSEvalV4(sdr, isr, sir, sar, cond=cond, error_db=error_estimate(rel, isr, sir, sar), copies=copies)
+    warn_unreliable(result, "v4")
+    return result
+
+
+def warn_unreliable(result: BSSEvalV4, version: str) -> None:
+    """:class:`IllConditionedWarning` naming the flagged sources of ``result`` and their error bounds."""
+    if result.unreliable:
+        errors = ", ".join(f"{j}: {result.error_db[j]:.2g} dB" if math.isfinite(result.error_db[j]) else
+                           f"{j}: unbounded (not positive definite; solved by LU like museval)"
+                           for j in result.unreliable)
+        warnings.warn(f"BSS Eval {version}: the reference Gram matrix is ill-conditioned (cond ≈ {result.cond:.3g}); "
+                      f"the ISR/SIR/SAR of source(s) {errors} may be off by about that much (estimated rounding "
+                      f"error, over {MAX_ERROR_DB} dB). References without a noise floor? Quantise them to 16 bit. "
+                      "SDR is unaffected.", IllConditionedWarning, stacklevel=3)
+
+
+def prepare(references, estimates, win: int, hop: int, device, chunk: int | None):
+    """The checks and the frame pass shared by v4 and v3: ``(refs, ests, nwin, wlen, hop, ref_energy, silent,
+    sdr)`` with signals ``(S, C, T)`` on the device, the frame count and length, the frames' reference energies
+    ``(S, N)``, the silent frames ``(N,)`` and SDR ``(S, N)`` (NaN on silent frames)."""
     refs, ests = _as_stems(references, "references"), _as_stems(estimates, "estimates")
     if device is not None:
         refs, ests = refs.to(device), ests.to(device)
@@ -142,22 +172,7 @@ def bss_eval_v4(references, estimates, win: int = 44100, hop: int = 44100, *, fi
             raise SilentSourceError(kind, silent.nonzero().flatten().tolist())
     silent = (quiet_ref | quiet_est).any(0)
     sdr = safe_db(ref_energy, err_energy).masked_fill(silent, math.nan)
-    nan = torch.full_like(sdr, math.nan)
-    if sdr_only:
-        return BSSEvalV4(sdr, nan, nan.clone(), nan.clone())
-    # the largest buffer is the Gram matrix's factor
-    scratch = Scratch((refs.shape[0] * refs.shape[1] * filters_len) ** 2 * 8 + 8 * CHUNK_BYTES, refs.device)
-    c_all, c_own, cond, copies, rel = filters(refs, ests, filters_len, cond_limit, chunk, scratch)
-    isr, sir, sar = image_metrics(refs, ests, c_all, c_own, ref_energy, nwin, wlen, hop, chunk, scratch.reset())
-    isr, sir, sar = (m.masked_fill(silent, math.nan) for m in (isr, sir, sar))
-    result = BSSEvalV4(sdr, isr, sir, sar, cond=cond, error_db=error_estimate(rel, isr, sir, sar), copies=copies)
-    if result.unreliable:
-        errors = ", ".join(f"{j}: {result.error_db[j]:.2g} dB" for j in result.unreliable)
-        warnings.warn(f"BSS Eval v4: the reference Gram matrix is ill-conditioned (cond ≈ {cond:.3g}); the ISR/SIR/SAR "
-                      f"of source(s) {errors} may be off by about that much (estimated rounding error, over "
-                      f"{MAX_ERROR_DB} dB). References without a noise floor? Quantise them to 16 bit. SDR is "
-                      "unaffected.", IllConditionedWarning, stacklevel=2)
-    return result
+    return refs, ests, nwin, wlen, hop, ref_energy, silent, sdr
 
 
 def error_estimate(rel: np.ndarray, *metrics: torch.Tensor) -> np.ndarray:
