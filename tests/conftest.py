@@ -65,6 +65,9 @@ TINY_MODELS: dict[str, list[str]] = {
     # Band-Split RNN: feature dim 4, one layer, STFT 1024 / 256 (the smallest that fits the floored band layouts)
     "mss.models.bsrnn.BSRNN": ["model.feature_dim=4", "model.num_layers=1", "model.n_fft=1024", "model.hop_length=256",
                                "model.mask_factor=1", "model.segment=${data.segment}"],
+    # Demucs v2 Conv-TasNet: 16 filters / channels, two blocks of one repeat
+    "mss.models.conv_tasnet.ConvTasNet": ["model.N=16", "model.B=16", "model.H=16", "model.X=2", "model.R=1",
+                                          "model.segment_length=44100"],
 }
 # Short training on the session dataset, independent of the model.
 TINY_RUN = [
