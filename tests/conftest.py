@@ -69,6 +69,9 @@ TINY_MODELS: dict[str, list[str]] = {
     "mss.models.bandit.BandIt": ["model.n_bands=8", "model.emb_dim=8", "model.rnn_dim=8", "model.n_sqm_modules=1",
                                  "model.mlp_dim=16", "model.n_fft=512", "model.hop_length=128",
                                  "model.segment=${data.segment}"],
+    # Demucs v2 Conv-TasNet: 16 filters / channels, two blocks of one repeat
+    "mss.models.conv_tasnet.ConvTasNet": ["model.N=16", "model.B=16", "model.H=16", "model.X=2", "model.R=1",
+                                          "model.segment_length=44100"],
 }
 # Short training on the session dataset, independent of the model.
 TINY_RUN = [
