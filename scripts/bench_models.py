@@ -114,6 +114,9 @@ CASES += [
     Case("mdx23c", "mdx23c"),
     Case("tfc_tdf_v2", "tfc_tdf_v2"),
 ]
+# Wave-U-Net, paper M6 (TF, not runnable here) and the PyTorch version's defaults (f90/Wave-U-Net-Pytorch is not
+# installable: parity in tests/test_wave_u_net.py)
+CASES += [Case("wave_u_net", "wave_u_net"), Case("wave_u_net_pytorch", "wave_u_net_pytorch")]
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}

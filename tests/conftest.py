@@ -65,6 +65,10 @@ TINY_MODELS: dict[str, list[str]] = {
     # Band-Split RNN: feature dim 4, one layer, STFT 1024 / 256 (the smallest that fits the floored band layouts)
     "mss.models.bsrnn.BSRNN": ["model.feature_dim=4", "model.num_layers=1", "model.n_fft=1024", "model.hop_length=256",
                                "model.mask_factor=1", "model.segment=${data.segment}"],
+    # Wave-U-Net (model=wave_u_net and model=wave_u_net_pytorch share the target and the keys): two levels, widths
+    # from 8 (multiples of the GroupNorm's 8 channels in both growths), 512-sample output windows
+    "mss.models.wave_u_net.WaveUNet": ["model.levels=2", "model.features=8", "model.output_size=512",
+                                       "model.segment=${data.segment}"],
 }
 # Short training on the session dataset, independent of the model.
 TINY_RUN = [
