@@ -118,6 +118,9 @@ CASES += [
 CASES += [Case("bandit", "bandit", ["model.sources=[vocals,other]"])]
 # Conv-TasNet (Demucs v2's demucs/tasnet.py is not in the installed demucs 4: parity in tests/test_conv_tasnet.py)
 CASES += [Case("conv_tasnet", "conv_tasnet")]
+# Wave-U-Net, paper M6 (TF, not runnable here) and the PyTorch version's defaults (f90/Wave-U-Net-Pytorch is not
+# installable: parity in tests/test_wave_u_net.py)
+CASES += [Case("wave_u_net", "wave_u_net"), Case("wave_u_net_pytorch", "wave_u_net_pytorch")]
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}

@@ -72,6 +72,10 @@ TINY_MODELS: dict[str, list[str]] = {
     # Demucs v2 Conv-TasNet: 16 filters / channels, two blocks of one repeat
     "mss.models.conv_tasnet.ConvTasNet": ["model.N=16", "model.B=16", "model.H=16", "model.X=2", "model.R=1",
                                           "model.segment_length=44100"],
+    # Wave-U-Net (model=wave_u_net and model=wave_u_net_pytorch share the target and the keys): two levels, widths
+    # from 8 (multiples of the GroupNorm's 8 channels in both growths), 512-sample output windows
+    "mss.models.wave_u_net.WaveUNet": ["model.levels=2", "model.features=8", "model.output_size=512",
+                                       "model.segment=${data.segment}"],
 }
 # Short training on the session dataset, independent of the model.
 TINY_RUN = [

@@ -86,13 +86,16 @@ def convert_channels(wav: torch.Tensor, channels: int) -> torch.Tensor:
     raise AudioError(f"cannot convert {have} channels to {channels}")
 
 
-def resample(wav: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
-    """Band-limited sinc resampling (julius) of ``(..., T)``."""
+def resample(wav: torch.Tensor, from_rate: int, to_rate: int, output_length: int | None = None) -> torch.Tensor:
+    """Band-limited sinc resampling (julius) of ``(..., T)``; differentiable (a convolution).
+
+    ``output_length``: samples to return, at most ``ceil(T * to_rate / from_rate)`` (default: the floor of it).
+    """
     if from_rate == to_rate:
-        return wav
+        return wav if output_length is None else wav[..., :output_length]
     import julius
 
-    return julius.resample_frac(wav, int(from_rate), int(to_rate))
+    return julius.resample_frac(wav, int(from_rate), int(to_rate), output_length=output_length)
 
 
 def load_audio(
