@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from mss import ddp
 from mss.checkpoint import build_model, checkpoint_config
 from mss.lightning.resume import AtomicCheckpointIO, RNGState
+from mss.lightning.validation import logged_keys
 from mss.run import CONF_DIR, save_run_info
 
 log = logging.getLogger("mss.train")
@@ -37,6 +38,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate datamodule, module, callbacks, loggers and trainer from a composed config."""
     datamodule = instantiate(cfg.data, _convert_="all")
     augment = instantiate(cfg.augment) if cfg.get("augment") else None
+    check_monitor(cfg)
     module = instantiate(cfg.module, net=build_model(cfg.model), augment=augment, _convert_="partial")
     # set after instantiate: Hydra would build its nested _target_s
     module.mss_config = checkpoint_config(OmegaConf.to_container(cfg.model, resolve=True),
@@ -49,6 +51,20 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return {"datamodule": datamodule, "module": module, "trainer": trainer}
+
+
+def check_monitor(cfg: DictConfig) -> None:
+    """``monitor.metric`` must be a key the validation logs (``module.val_metrics``) or an EMA's ``val/best``."""
+    metric = OmegaConf.select(cfg, "monitor.metric")
+    if metric is None:
+        return
+    keys = logged_keys(cfg.module.get("val_metrics") or [], list(cfg.data.sources))
+    if metric not in keys and not metric.startswith("val/best"):
+        raise ValueError(f"monitor.metric={metric!r} is not logged by the validation; with module.val_metrics="
+                         f"{list(cfg.module.get('val_metrics') or [])} the choices are {keys} (add the metric to "
+                         "module.val_metrics)")
+    if OmegaConf.select(cfg, "monitor.mode") not in ("max", "min"):
+        raise ValueError(f"monitor.mode={OmegaConf.select(cfg, 'monitor.mode')!r}: expected max or min")
 
 
 def resume_checkpoint(cfg: DictConfig, out: Path) -> str | None:

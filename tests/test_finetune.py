@@ -168,3 +168,35 @@ def test_multi_ema_validates_every_average_and_checkpoints_the_best(train_overri
     assert load_model(objects["checkpoint"]) is not None
     if callback.selected != "raw":  # the raw weights travel along for resuming
         assert "current_model_state" in raw
+
+
+@pytest.mark.slow
+def test_validation_metrics_and_the_monitor_are_selectable(train_overrides):
+    """``module.val_metrics`` adds whole-track and museval metrics to the validation; ``monitor.metric`` /
+    ``monitor.mode`` select the checkpoint and the EMA candidate by any of them (here SI-SDR, then the L1 of STFT
+    magnitudes, lower is better); a metric the validation does not log is refused before training."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from mss.lightning.callbacks import MultiEMA
+    from mss.train import train
+
+    extra = ["test=false", "auto_resume=false", "module.val_metrics=[sdr,si_sdr,l1_freq,bss_eval_v4]"]
+    metrics, objects = train(compose("train", train_overrides + extra + ["monitor.metric=val/si_sdr"]))
+    assert {"val/si_sdr", "val/si_sdr/vocals", "val/l1_freq", "val/isr", "val/sir", "val/sar", "val/sdr"} <= set(metrics)
+    checkpoint = next(c for c in objects["trainer"].callbacks if isinstance(c, ModelCheckpoint) and c.monitor)
+    assert checkpoint.monitor == "val/si_sdr" and float(checkpoint.best_model_score) == pytest.approx(
+        metrics["val/si_sdr"])
+
+    cfg = compose("train", train_overrides + extra + ["callbacks=ema_multi", "callbacks.ema.epoch_decays=[0.5]",
+                                                      "callbacks.ema.batch_decays=[0.9]", "monitor.metric=val/l1_freq",
+                                                      "monitor.mode=min"])
+    metrics, objects = train(cfg)
+    scores = {"raw": metrics["val/l1_freq"]} | {n: metrics[f"val/ema/{n}/l1_freq"] for n in ("batch_0.9", "epoch_0.5")}
+    assert metrics["val/best"] == metrics["val/best/l1_freq"] == pytest.approx(min(scores.values()))
+    callback = next(c for c in objects["trainer"].callbacks if isinstance(c, MultiEMA))
+    assert scores[callback.selected] == pytest.approx(min(scores.values()))
+
+    with pytest.raises(ValueError, match=r"monitor.metric='val/si_sdr' is not logged.*module.val_metrics"):
+        train(compose("train", train_overrides + ["test=false", "monitor.metric=val/si_sdr"]))
+    with pytest.raises(ValueError, match=r"module.val_metrics: unknown \['pesq'\]"):
+        train(compose("train", train_overrides + ["test=false", "module.val_metrics=[pesq]"]))

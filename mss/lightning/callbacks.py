@@ -3,9 +3,9 @@
 :class:`MultiEMA`: several exponential moving averages of the network weights (Demucs keeps batch EMAs with decays
 0.9995 / 0.9999 on the device and epoch EMAs 0.9 / 0.95 on the CPU, unbiased), every one validated on the
 validation tracks at each validation. The best candidate of that validation (the raw weights or an EMA) is
-published as ``val/best/<metric>`` (``val/best/nsdr``) and its weights are what the checkpoints written then hold in
-``state_dict`` (the raw weights travel as ``current_model_state`` for resuming). ``ModelCheckpoint`` monitoring
-``val/best/nsdr`` (``callbacks=ema_multi``) therefore keeps the best state over all epochs and all averages, and
+published as ``val/best`` and ``val/best/<metric>`` (``val/best/nsdr`` for the default ``monitor.metric``) and its
+weights are what the checkpoints written then hold in ``state_dict`` (the raw weights travel as
+``current_model_state`` for resuming). ``ModelCheckpoint`` monitoring ``val/best`` (``callbacks=ema_multi``) therefore keeps the best state over all epochs and all averages, and
 ``mss.load_model`` / ``mss.evaluate`` read it like any checkpoint.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from mss.metrics import nsdr
+from mss.lightning.validation import aggregate
 
 log = logging.getLogger("mss.lightning")
 
@@ -45,16 +45,19 @@ class MultiEMA(L.Callback):
     """Args:
         batch_decays: EMAs updated after every training batch (kept on the training device).
         epoch_decays: EMAs updated once per epoch, before its validation (kept on the CPU).
-        monitor: ``val/nsdr`` (higher is better) or ``val/loss`` (lower is better): how candidates are ranked.
+        monitor: the ``val/<key>[/<source>]`` that ranks the candidates (any key of ``module.val_metrics``, see
+            :mod:`mss.lightning.validation`); ``mode``: ``max`` or ``min``. The best score is logged as ``val/best``
+            and ``val/best/<key>[/<source>]``.
         unbias: Demucs' warm-up (average of the weights seen so far while ``count`` is small).
     """
 
     def __init__(self, batch_decays: Sequence[float] = (0.9995, 0.9999), epoch_decays: Sequence[float] = (0.9, 0.95),
-                 monitor: str = "val/nsdr", unbias: bool = True):
-        if monitor not in ("val/nsdr", "val/loss"):
-            raise ValueError(f"callbacks.ema.monitor={monitor!r}: expected val/nsdr or val/loss")
+                 monitor: str = "val/nsdr", mode: str = "max", unbias: bool = True):
+        if not monitor.startswith("val/") or mode not in ("max", "min"):
+            raise ValueError(f"callbacks.ema: monitor={monitor!r}, mode={mode!r}: expected a val/<key> metric and "
+                             "mode max or min")
         self.batch_decays, self.epoch_decays = [float(d) for d in batch_decays], [float(d) for d in epoch_decays]
-        self.monitor, self.unbias = monitor, unbias
+        self.monitor, self.mode, self.unbias = monitor, mode, unbias
         self.best_key = "val/best/" + monitor.split("/", 1)[1]
         self.emas: dict[str, _EMA] = {}
         self.selected: str = "raw"
@@ -88,26 +91,35 @@ class MultiEMA(L.Callback):
     # -- validation of every average ------------------------------------------------------------------------------
     @torch.no_grad()
     def _validate(self, trainer, pl_module) -> dict[str, float]:
-        """Mean nSDR and L1 over the validation tracks (all ranks) with the weights currently in ``net``."""
+        """``val/nsdr``, ``val/loss`` and the monitored metric over the validation tracks (all ranks), aggregated as
+        the module aggregates them, with the weights currently in ``net``."""
         loaders = trainer.val_dataloaders
         loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
         limits = trainer.num_val_batches if isinstance(trainer.num_val_batches, list) else [trainer.num_val_batches]
-        totals = torch.zeros(3, dtype=torch.float64, device=pl_module.device)
+        tracks: dict[str, list[torch.Tensor]] = {}
         for loader, limit in zip(loaders, limits):
             for i, batch in enumerate(loader):
                 if i >= limit:
                     break
                 mix, stems = batch["mixture"].to(pl_module.device), batch["stems"].to(pl_module.device)
-                est = pl_module.separate(mix)
-                totals += torch.stack([nsdr(stems, est)[0].mean().double(), (est - stems).abs().mean().double(),
-                                       torch.ones((), dtype=torch.float64, device=pl_module.device)])
-        totals = trainer.strategy.reduce(totals, reduce_op="sum")
-        n = max(float(totals[2]), 1.0)
-        return {"val/nsdr": float(totals[0]) / n, "val/loss": float(totals[1]) / n}
+                for key, value in pl_module.track_scores(stems[0], pl_module.separate(mix)[0]).items():
+                    tracks.setdefault(key, []).append(value.double().reshape(-1))
+        out = {}
+        for key, values in tracks.items():
+            gathered = pl_module.all_gather(torch.stack(values))
+            per_source = aggregate(key, gathered.reshape(-1, gathered.shape[-1]))
+            out[f"val/{key}"] = float(per_source.nanmean())
+            if key != "loss":
+                out |= {f"val/{key}/{s}": float(v) for s, v in zip(pl_module.sources, per_source)}
+        return out
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not self.emas or self.monitor not in trainer.callback_metrics:
+        if trainer.sanity_checking or not self.emas:
             return
+        if self.monitor not in trainer.callback_metrics:
+            raise KeyError(f"callbacks.ema.monitor={self.monitor!r} was not logged by the validation; logged: "
+                           f"{sorted(k for k in trainer.callback_metrics if k.startswith('val/'))} (module.val_metrics "
+                           "adds metrics)")
         net = pl_module.net
         was_training = net.training
         net.eval()
@@ -123,9 +135,9 @@ class MultiEMA(L.Callback):
         finally:
             self._load(net, raw)
             net.train(was_training)
-        better = max if self.monitor == "val/nsdr" else min
+        better = max if self.mode == "max" else min
         self.selected = better(scores, key=scores.get)
-        metrics[self.best_key] = scores[self.selected]
+        metrics[self.best_key] = metrics["val/best"] = scores[self.selected]
         for key, value in metrics.items():  # what ModelCheckpoint and the loggers read
             trainer.callback_metrics[key] = torch.tensor(value)
         for logger in trainer.loggers:

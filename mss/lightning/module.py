@@ -2,8 +2,8 @@
 
 It owns what is not the network's business: augmentation on the training device, forming the mixture, the loss and
 per-source weights, optimiser/scheduler (Hydra ``_partial_`` factories), whole-track validation with overlap-add
-inference reporting ``val/nsdr`` (mean) and ``val/nsdr/<source>`` plus the museval-v4 ``val/sdr[/<source>]``
-(median of track medians), and the resolved config stored in every
+inference reporting ``val/nsdr`` (mean) and ``val/nsdr/<source>``, ``val/loss``, the museval-v4 ``val/sdr[/<source>]``
+(median of track medians) and the other ``module.val_metrics`` (:mod:`mss.lightning.validation`), and the resolved config stored in every
 checkpoint so :func:`mss.load_model` can rebuild the network with no other input. EMA of the weights is Lightning's
 ``EMAWeightAveraging`` callback (``callbacks=ema``): it is validated and checkpointed in place of the raw weights.
 """
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from mss.inference.overlap_add import apply_model
-from mss.metrics import frame_sdr, nsdr
+from mss.lightning.validation import MEDIAN_KEYS, aggregate, check_val_metrics, track_scores
 
 log = logging.getLogger("mss.lightning")
 
@@ -63,8 +63,10 @@ class SeparationModule(L.LightningModule):
                  source_weights: dict[str, float] | None = None, augment: nn.Module | None = None,
                  valid_segment: float | None = None, valid_overlap: float = 0.25, valid_batch_size: int = 4,
                  mss_config: dict | None = None, init_checkpoint: str | None = None,
-                 param_groups: dict[str, dict] | None = None, unlabeled: dict | None = None):
+                 param_groups: dict[str, dict] | None = None, unlabeled: dict | None = None,
+                 val_metrics: list[str] | tuple[str, ...] | None = ("sdr",)):
         super().__init__()
+        self.val_metrics = check_val_metrics(val_metrics)
         self.net, self.loss, self.augment = net, loss, augment
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval, self.scheduler_monitor = scheduler_interval, scheduler_monitor
@@ -210,32 +212,37 @@ class SeparationModule(L.LightningModule):
         return apply_model(self.net, mix, **kw)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        # tracks are split across DDP ranks; sync_dist makes each value the mean over all tracks of all ranks
+        # tracks are split across DDP ranks; sync_dist makes each mean-type value the mean over all tracks of all
+        # ranks; median-type values (museval frame metrics) are gathered at the epoch's end
         estimates = self.separate(batch["mixture"])
-        stems = batch["stems"]
-        scores = nsdr(stems, estimates)[0]
-        for name, value in zip(self.sources, scores):
-            self.log(f"val/nsdr/{name}", value, batch_size=1, sync_dist=True)
-        self.log("val/nsdr", scores.mean(), prog_bar=True, batch_size=1, sync_dist=True)
-        # museval v4 SDR per 1-s frame (costs ~1 ms per minute of audio); median over frames = the SiSEC18 track score
-        frames = frame_sdr(stems, estimates, self.sample_rate, self.sample_rate)[0]
-        self._val_sdr.append(frames.masked_fill(frames.isinf(), math.nan).nanmedian(-1).values)
-        self.log("val/loss", (estimates - stems).abs().mean(), batch_size=1, sync_dist=True)
+        for key, value in self.track_scores(batch["stems"][0], estimates[0]).items():
+            if key in MEDIAN_KEYS:
+                self._val_tracks.setdefault(key, []).append(value)
+            elif key == "loss":
+                self.log("val/loss", value, batch_size=1, sync_dist=True)
+            else:
+                for name, v in zip(self.sources, value):
+                    self.log(f"val/{key}/{name}", v, batch_size=1, sync_dist=True)
+                self.log(f"val/{key}", value.mean(), prog_bar=key == "nsdr", batch_size=1, sync_dist=True)
+
+    def track_scores(self, stems: torch.Tensor, estimates: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``module.val_metrics`` of one track's ``(S, C, T)`` stems and estimates (``{key: (S,)}``)."""
+        return track_scores(self.val_metrics, stems, estimates, self.sample_rate)
 
     def on_validation_epoch_start(self) -> None:
-        self._val_sdr: list[torch.Tensor] = []
+        self._val_tracks: dict[str, list[torch.Tensor]] = {}
 
     def on_validation_epoch_end(self) -> None:
-        """``val/sdr[/<source>]``: median over all tracks (of all ranks) of the track medians, mean over sources —
-        the SiSEC18 headline numbers of ``mss.evaluate``, from the validation tracks."""
-        if not self._val_sdr:
-            return
-        tracks = self.all_gather(torch.stack(self._val_sdr)).reshape(-1, len(self.sources))
-        medians = tracks.nanmedian(0).values
-        for name, value in zip(self.sources, medians):
-            self.log(f"val/sdr/{name}", value.float(), batch_size=1)
-        self.log("val/sdr", medians.nanmean().float(), batch_size=1)
-        self._val_sdr = []
+        """``val/sdr[/<source>]`` and the other museval frame metrics: median over all tracks (of all ranks) of the
+        track medians, mean over sources — the SiSEC18 headline numbers of ``mss.evaluate``, from the validation
+        tracks."""
+        for key, values in getattr(self, "_val_tracks", {}).items():
+            tracks = self.all_gather(torch.stack(values)).reshape(-1, len(self.sources))
+            medians = aggregate(key, tracks)
+            for name, value in zip(self.sources, medians):
+                self.log(f"val/{key}/{name}", value.float(), batch_size=1)
+            self.log(f"val/{key}", medians.nanmean().float(), batch_size=1)
+        self._val_tracks = {}
 
     # -- optimisation and checkpoints ---------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict]:
