@@ -246,3 +246,23 @@ def test_bad_options_are_clear_errors(toys, tmp_path):
     proc = cli("mss.separate", f"ckpt={ckpts['gain']}", f"input={tmp_path}/*.mp3", f"hydra.run.dir={tmp_path / 'h'}",
                cwd=tmp_path, toys_dir=toys_dir, check=False)
     assert proc.returncode != 0 and "no file matches this pattern" in proc.stderr
+
+
+def test_evaluation_tta_through_the_evaluate_cli(toys, synth_root, tmp_path):
+    """mss.evaluate evaluation.tta=[flip_sign] on the rectifier: the saved estimates are g·mix/2 (TTA applied), not
+    the plain run's g·relu(mix) left in the estimate cache by a first run without TTA; protocol.json records it."""
+    import json
+
+    toys_dir, ckpts = toys
+    common = [f"ckpt={ckpts['rectify']}", f"data.root={synth_root}", "evaluation.save_estimates=true",
+              "evaluation.sdr_only=true", "evaluation.plots=false", f"paths.cache_dir={tmp_path / 'cache'}"]
+    cli("mss.evaluate", *common, f"hydra.run.dir={tmp_path / 'plain'}", cwd=tmp_path, toys_dir=toys_dir)
+    cli("mss.evaluate", *common, "evaluation.tta=[flip_sign]", f"hydra.run.dir={tmp_path / 'tta'}", cwd=tmp_path,
+        toys_dir=toys_dir)
+    track = sorted((synth_root / "test").iterdir())[0]
+    mix = read(track / "mixture.wav")
+    for run, expected in (("plain", np.maximum(mix, 0)), ("tta", mix / 2)):
+        est = read(tmp_path / run / "estimates" / track.name / "vocals.wav")
+        np.testing.assert_allclose(est, GAINS[3] * expected, atol=1e-6, err_msg=run)
+    stamp = json.loads((tmp_path / "tta" / "protocol.json").read_text())
+    assert stamp["inference"]["tta"] == ["flip_sign"]
