@@ -30,8 +30,17 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mss.audio.io import (CLIP_MODES, FFMPEG_SUFFIXES, SOUNDFILE_SUFFIXES, AudioError, decode_audio, output_subtype,
-                          prevent_clip, resample, save_audio)
+from mss.audio.io import (
+    CLIP_MODES,
+    FFMPEG_SUFFIXES,
+    SOUNDFILE_SUFFIXES,
+    AudioError,
+    decode_audio,
+    output_subtype,
+    prevent_clip,
+    resample,
+    save_audio,
+)
 from mss.checkpoint import load_model
 from mss.inference.overlap_add import apply_model
 from mss.inference.tta import check_tta

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from mss.audio.io import AudioError
 from mss.checkpoint import save_checkpoint
