@@ -60,7 +60,7 @@ def test_non_equivariant_models_differ_as_predicted():
     assert (apply_model(rect, mix, tta=["flip_sign"]) - apply_model(rect, mix)).abs().max() > 0.1
 
 
-def test_tta_with_a_real_network_and_shifts():
+def test_tta_with_a_real_network_and_shifts(single_thread):
     """A tiny U-Net (random weights, not equivariant): TTA changes the estimates and keeps shape; with shifts each
     pass draws its own offsets, deterministic given the seed."""
     from omegaconf import OmegaConf
@@ -72,7 +72,7 @@ def test_tta_with_a_real_network_and_shifts():
     torch.manual_seed(0)
     cfg = compose("train", ["paths.output_dir=unused", "model.dropout=0.0", *TINY_MODEL])
     net = build_model(OmegaConf.to_container(cfg.model, resolve=True)).eval()
-    mix = torch.randn(2, 20_000)
+    mix = torch.randn(2, 12_000)
     plain, tta = apply_model(net, mix), apply_model(net, mix, tta=BOTH)
     assert tta.shape == plain.shape and (tta - plain).abs().max() > 1e-4
     torch.manual_seed(3)
