@@ -43,6 +43,7 @@ from mss.audio.io import save_audio
 from mss.checkpoint import build_model, model_from_checkpoint, read_checkpoint
 from mss.inference.cache import EstimateCache, estimate_key
 from mss.inference.overlap_add import apply_model
+from mss.inference.tta import check_tta
 from mss.metrics import evaluate_track, nsdr, read_track_json, save_track_json
 from mss.metrics.whole_track import ALWAYS, check_metrics, whole_track_scores
 from mss.report import write_evaluation
@@ -99,7 +100,12 @@ def _separate(net, item: dict, cfg, device) -> torch.Tensor:
             return net(mix[None].to(device), item["stems"][None].to(device))[0].cpu()
     segment = None if cfg.segment is None else round(cfg.segment * net.sample_rate)
     return apply_model(net, mix, segment=segment, overlap=cfg.overlap, batch_size=cfg.batch_size,
-                       shifts=cfg.shifts, device=device, progress=False).cpu()
+                       shifts=cfg.shifts, tta=_tta(cfg), device=device, progress=False).cpu()
+
+
+def _tta(cfg) -> list[str]:
+    """``evaluation.tta`` as a checked list of transform names (empty: none)."""
+    return check_tta(OmegaConf.to_container(cfg.tta) if OmegaConf.is_config(cfg.get("tta")) else cfg.get("tta"))
 
 
 def _estimate_store(spec: dict, cfg, root: Path) -> tuple[EstimateCache, dict, str]:
@@ -115,6 +121,8 @@ def _cached_separate(net, item: dict, cfg, device, store) -> torch.Tensor:
     """:func:`_separate`, or the estimates of an earlier run with the same model, settings and track."""
     cache, model, root = store
     settings = {"segment": cfg.segment, "overlap": float(cfg.overlap), "shifts": int(cfg.shifts)}
+    if _tta(cfg):  # only when set: the keys of earlier runs without TTA stay valid
+        settings["tta"] = _tta(cfg)
     track = {"name": item["name"], "length": int(item["mixture"].shape[-1]), "root": root,
              "sources": list(net.sources), "sample_rate": int(net.sample_rate)}
     key = estimate_key(model, settings, track)
@@ -157,7 +165,7 @@ def protocol(spec: dict, data_cfg, cfg, names: list[str], root: Path) -> dict:
 
     model = spec["checkpoint"]["mss"]["model"] if "checkpoint" in spec else spec["model"]
     manifest = read_manifest(root) or {}
-    keys = ("wiener_iterations", "wiener_iters", "weights")
+    keys = ("wiener_iterations", "wiener_iters", "weights", "combine", "domain")
     return {
         "metric": "BSS Eval v4 (museval images variant): median over frames per track"
                   + (", SDR only" if cfg.sdr_only else "") + "; nSDR: MDX whole-track SDR",
@@ -171,7 +179,7 @@ def protocol(spec: dict, data_cfg, cfg, names: list[str], root: Path) -> dict:
         "audio": {"excerpt": "full tracks", "sample_rate": int(data_cfg.sample_rate),
                   "channels": int(data_cfg.channels), "sources": list(data_cfg.sources)},
         "inference": {"segment": cfg.segment, "overlap": float(cfg.overlap), "shifts": int(cfg.shifts),
-                      **{k: model[k] for k in keys if k in model}},
+                      **({"tta": _tta(cfg)} if _tta(cfg) else {}), **{k: model[k] for k in keys if k in model}},
         "model": {"target": model.get("_target_"),
                   "checkpoint_sha256": spec.get("sha256")},
         "mss_version": __version__,

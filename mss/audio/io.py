@@ -1,12 +1,16 @@
-"""Audio file I/O through soundfile, with channel conversion and resampling on load.
+"""Audio file I/O through soundfile (WAV/FLAC/OGG/AIFF, MP3 output) and ffmpeg (decoding MP3, M4A/AAC and any
+other container), with channel conversion and resampling on load.
 
 Waveforms are float32 tensors shaped ``(C, T)`` (channels, samples).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
+import subprocess
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +27,12 @@ class AudioError(ValueError):
     """An audio file is missing, unreadable or not in the expected format."""
 
 
-FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the only stored formats that can hold NaN/Inf (integer PCM cannot)
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")  # read by soundfile; anything else by ffmpeg
+FFMPEG_SUFFIXES = (".mp3", ".m4a", ".aac", ".mp4", ".opus", ".wma", ".webm", ".mka", ".mkv", ".ac3", ".alac")
+OUTPUT_FORMATS = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3"}
+BIT_DEPTHS = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}  # ``bit_depth`` key -> soundfile subtype
+CLIP_MODES = ("rescale", "clamp", "tanh", "none")  # the only stored formats that can hold NaN/Inf (integer PCM cannot)
 
 
 @dataclass(frozen=True)
@@ -153,22 +162,99 @@ def load_audio(
     return wav
 
 
+def _ffmpeg(tool: str) -> str:
+    exe = shutil.which(tool)
+    if exe is None:
+        raise AudioError(f"{tool} is not installed: it is needed to read MP3/M4A/AAC and other compressed files "
+                         "(install ffmpeg, e.g. scripts/setup.sh or `apt-get install ffmpeg`), or convert to WAV/FLAC")
+    return exe
+
+
+def decode_ffmpeg(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
+    """Decode the first audio stream of any file ffmpeg reads to ``((C, T) float32, sample rate)``, at the file's
+    own rate and channel count (float32 PCM through a pipe)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file not found")
+    probe = subprocess.run([_ffmpeg("ffprobe"), "-v", "error", "-select_streams", "a:0", "-show_entries",
+                            "stream=sample_rate,channels", "-of", "json", str(path)], capture_output=True, text=True)
+    streams = json.loads(probe.stdout or "{}").get("streams") if probe.returncode == 0 else None
+    if not streams:
+        why = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "no audio stream"
+        raise AudioError(f"{path}: cannot read audio with ffmpeg ({why})")
+    rate, channels = int(streams[0]["sample_rate"]), int(streams[0]["channels"])
+    proc = subprocess.run([_ffmpeg("ffmpeg"), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-f",
+                           "f32le", "-acodec", "pcm_f32le", "-ac", str(channels), "-ar", str(rate), "-"],
+                          capture_output=True)
+    if proc.returncode != 0:
+        why = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise AudioError(f"{path}: ffmpeg cannot decode the audio ({why[-1] if why else proc.returncode})")
+    data = np.frombuffer(proc.stdout, dtype=np.float32)
+    if data.size == 0:
+        raise AudioError(f"{path}: audio file holds no samples")
+    data = data[: data.size - data.size % channels].reshape(-1, channels)
+    check_finite(data, path, 0, rate)
+    return torch.from_numpy(np.ascontiguousarray(data.T)), rate
+
+
+def decode_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
+    """The whole file as ``((C, T) float32, sample rate)`` at its own rate and channels: WAV/FLAC/OGG/AIFF through
+    soundfile, anything else (MP3, M4A/AAC, video containers, ...) through ffmpeg."""
+    path = Path(path)
+    if path.suffix.lower() in SOUNDFILE_SUFFIXES:
+        return load_audio(path), audio_info(path).sample_rate
+    return decode_ffmpeg(path)
+
+
+def prevent_clip(wav: torch.Tensor, mode: str = "rescale") -> torch.Tensor:
+    """Keep ``wav`` within [-1, 1] before writing (the Demucs reference's ``--clip-mode``): ``rescale`` divides the
+    whole file by ``max(1.01 · peak, 1)`` (no change unless it would clip), ``clamp`` clips samples to ±0.99,
+    ``tanh`` soft-clips, ``none`` leaves it (integer PCM then saturates at ±1, float WAV keeps the values)."""
+    if mode == "rescale":
+        return wav / max(1.01 * float(wav.abs().max()), 1.0)
+    if mode == "clamp":
+        return wav.clamp(-0.99, 0.99)
+    if mode == "tanh":
+        return torch.tanh(wav)
+    if mode == "none":
+        return wav
+    raise AudioError(f"clip={mode!r}: expected one of {', '.join(CLIP_MODES)}")
+
+
+def output_subtype(fmt: str, bit_depth: str | int) -> str:
+    """soundfile subtype for output ``format`` (wav, flac, mp3) and ``bit_depth`` (16, 24, 32f), with a clear
+    error for a combination the format cannot hold."""
+    fmt, depth = str(fmt).lower(), str(bit_depth).lower()
+    if fmt not in OUTPUT_FORMATS:
+        raise AudioError(f"format={fmt!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
+    if depth not in BIT_DEPTHS:
+        raise AudioError(f"bit_depth={bit_depth}: expected one of {', '.join(BIT_DEPTHS)}")
+    if fmt == "mp3":
+        return "MPEG_LAYER_III"  # lossy: bit_depth does not apply
+    if fmt == "flac" and depth == "32f":
+        raise AudioError("bit_depth=32f: FLAC stores integer PCM only; use bit_depth=16 or 24, or format=wav")
+    return BIT_DEPTHS[depth]
+
+
 def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sample_rate: int,
                subtype: str = "PCM_16") -> Path:
-    """Atomically write ``(C, T)`` audio (format from the suffix: .wav or .flac). Values are clipped to [-1, 1]
-    for integer subtypes."""
+    """Atomically write ``(C, T)`` audio (a temporary file beside ``path``, then renamed; format from the suffix:
+    .wav, .flac or .mp3 at 320 kb/s constant bit rate). Values are clipped to [-1, 1] for all but float WAV."""
     path = Path(path)
     if isinstance(wav, torch.Tensor):
         wav = wav.detach().to("cpu", torch.float32).numpy()
     if wav.ndim != 2:
         raise AudioError(f"{path}: expected a (channels, samples) array, got shape {wav.shape}")
     data = wav.T
-    if subtype != "FLOAT":
+    if subtype not in FLOAT_SUBTYPES:
         data = np.clip(data, -1.0, 1.0)
-    fmt = {".wav": "WAV", ".flac": "FLAC"}.get(path.suffix.lower())
+    fmt = {f".{k}": v for k, v in OUTPUT_FORMATS.items()}.get(path.suffix.lower())
     if fmt is None:
-        raise AudioError(f"{path}: unsupported output format {path.suffix!r}; use .wav or .flac")
-    if fmt == "FLAC" and subtype == "FLOAT":
+        raise AudioError(f"{path}: unsupported output format {path.suffix!r}; use .wav, .flac or .mp3")
+    extra = {}
+    if fmt == "FLAC" and subtype in FLOAT_SUBTYPES:
         subtype = "PCM_24"
-    atomic_write(path, lambda tmp: sf.write(tmp, data, int(sample_rate), subtype=subtype, format=fmt))
+    if fmt == "MP3":
+        subtype, extra = "MPEG_LAYER_III", {"bitrate_mode": "CONSTANT", "compression_level": 0.0}  # 320 kb/s
+    atomic_write(path, lambda tmp: sf.write(tmp, data, int(sample_rate), subtype=subtype, format=fmt, **extra))
     return path

@@ -13,12 +13,17 @@ divided by the summed weights.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from mss.inference.bag import BagOfModels
+from mss.inference.tta import TTA_TRANSFORMS, check_tta
+
+log = logging.getLogger(__name__)
 
 __all__ = ["apply_model", "chunk_window"]
 
@@ -118,6 +123,7 @@ def apply_model(
     transition_power: float = 1.0,
     device: torch.device | str | None = None,
     progress: bool = False,
+    tta: Sequence[str] | None = (),
 ) -> torch.Tensor:
     """Separate a (batch of) mixture(s) of any length with chunked overlap-add inference.
 
@@ -137,10 +143,25 @@ def apply_model(
         transition_power: exponent applied to the window.
         device: where the model runs; defaults to the model's device (or the mix's for a parameterless model).
         progress: show a tqdm progress bar over chunks.
+        tta: test-time augmentations (:mod:`mss.inference.tta`: ``flip_channels``, ``flip_sign``); the plain pass
+            and one pass per transform (each with the settings above) are averaged.
 
     Returns:
         ``(S, C, T)`` or ``(B, S, C, T)`` separated stems, same length and device as ``mix``.
     """
+    transforms = check_tta(tta)
+    if transforms:
+        options = dict(segment=segment, overlap=overlap, batch_size=batch_size, shifts=shifts, max_shift=max_shift,
+                       weight=weight, transition_power=transition_power, device=device, progress=progress)
+        out, passes = apply_model(model, mix, **options), 1
+        for name in transforms:
+            if name == "flip_channels" and mix.shape[-2] == 1:
+                log.info("tta: flip_channels skipped for a mono mixture")
+                continue
+            forward, inverse = TTA_TRANSFORMS[name]
+            out = out.add_(inverse(apply_model(model, forward(mix), **options)))
+            passes += 1
+        return out.div_(passes)
     if isinstance(model, BagOfModels):  # each member with its own segment length, then the per-source weights
         options = dict(segment=segment, overlap=overlap, batch_size=batch_size, shifts=shifts, max_shift=max_shift,
                        weight=weight, transition_power=transition_power, device=device, progress=progress)
