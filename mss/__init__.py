@@ -4,10 +4,13 @@ __version__ = "0.1.0"
 
 
 def load_model(path, map_location="cpu"):
-    """Network of an mss checkpoint in eval mode (see :func:`mss.checkpoint.load_model`)."""
+    """Network of an mss checkpoint in eval mode (see :func:`mss.checkpoint.load_model`); ``path`` may also name a
+    published model (``"htdemucs"``, ``"umxhq"``…: downloaded and converted on first use, see
+    :mod:`mss.pretrained.registry` and ``python -m mss.pretrained list``)."""
     from mss.checkpoint import load_model as _load
+    from mss.pretrained.registry import resolve_checkpoint
 
-    return _load(path, map_location)
+    return _load(resolve_checkpoint(path), map_location)
 
 
 __all__ = ["load_model", "__version__"]

@@ -373,7 +373,9 @@ def main(cfg: DictConfig) -> None:
                          "data.root=DIR or data=synth")
     out = Path(cfg.paths.output_dir)
     save_run_info(cfg, out, print_tree=False)
-    evaluate(cfg.get("ckpt"), cfg.data, cfg.evaluation, out, model_cfg=cfg.get("model"))
+    from mss.pretrained.registry import resolve_checkpoint
+
+    evaluate(resolve_checkpoint(cfg.get("ckpt")), cfg.data, cfg.evaluation, out, model_cfg=cfg.get("model"))
     log.info("results written to %s", out)
 
 

@@ -1,4 +1,5 @@
-"""Separate audio files: ``python -m mss.separate ckpt=PATH input=FILE_DIR_OR_GLOB output_dir=DIR``.
+"""Separate audio files: ``python -m mss.separate ckpt=PATH|model=NAME input=FILE_DIR_OR_GLOB output_dir=DIR``
+(``model=NAME``: a published model, downloaded and converted on first use, see :mod:`mss.pretrained.registry`).
 
 Input: one file, a folder (searched recursively; in a MUSDB18-HQ-layout tree only the ``mixture`` files) or a glob
 (``'input=songs/*.mp3'``). WAV/FLAC/OGG/AIFF are read by soundfile, MP3, M4A/AAC and other containers by ffmpeg.
@@ -42,6 +43,7 @@ from mss.audio.io import (
     save_audio,
 )
 from mss.checkpoint import load_model
+from mss.pretrained.registry import resolve_checkpoint
 from mss.inference.overlap_add import apply_model
 from mss.inference.tta import check_tta
 from mss.run import CONF_DIR
@@ -208,7 +210,10 @@ def _run(cfg: DictConfig) -> None:
     tta = check_tta(OmegaConf.to_container(cfg.tta) if OmegaConf.is_config(cfg.tta) else cfg.tta)
     files = list_inputs(cfg.input)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    net = load_model(cfg.ckpt, map_location=device)
+    if cfg.get("ckpt") is None:
+        raise ValueError("nothing to separate with: set model=NAME (a published model: python -m mss.pretrained list) "
+                         "or ckpt=PATH (an mss checkpoint)")
+    net = load_model(resolve_checkpoint(cfg.ckpt), map_location=device)
     options.check_sources(net.sources)
     segment = None if cfg.segment is None else round(cfg.segment * net.sample_rate)
     out = Path(cfg.output_dir).expanduser()
@@ -232,7 +237,8 @@ def main() -> None:
     """``python -m mss.separate`` / ``mss-separate``."""
     import sys
 
-    sys.argv[1:] = quote_template(sys.argv[1:])
+    # `model=NAME` (a published model) is `ckpt=NAME`: Hydra would read `model=` as the config group of that name
+    sys.argv[1:] = [f"ckpt={a[6:]}" if a.startswith("model=") else a for a in quote_template(sys.argv[1:])]
     _run()
 
 
