@@ -100,12 +100,25 @@ def _separate(net, item: dict, cfg, device) -> torch.Tensor:
             return net(mix[None].to(device), item["stems"][None].to(device))[0].cpu()
     segment = None if cfg.segment is None else round(cfg.segment * net.sample_rate)
     return apply_model(net, mix, segment=segment, overlap=cfg.overlap, batch_size=cfg.batch_size,
-                       shifts=cfg.shifts, tta=_tta(cfg), device=device, progress=False).cpu()
+                       shifts=cfg.shifts, tta=_tta(cfg), device=device, progress=False,
+                       **_speed(cfg)).cpu()
 
 
 def _tta(cfg) -> list[str]:
     """``evaluation.tta`` as a checked list of transform names (empty: none)."""
     return check_tta(OmegaConf.to_container(cfg.tta) if OmegaConf.is_config(cfg.get("tta")) else cfg.get("tta"))
+
+
+def _speed(cfg) -> dict:
+    """``evaluation.compile`` / ``evaluation.precision`` where not the defaults (false / fp32): the estimate-cache
+    key and protocol.json name them only then, so the keys of earlier runs stay valid."""
+    out = {}
+    if cfg.get("compile", False):
+        out["compile"] = True
+    precision = str(cfg.get("precision") or "fp32").lower()
+    if precision != "fp32":
+        out["precision"] = precision
+    return out
 
 
 def _estimate_store(spec: dict, cfg, root: Path) -> tuple[EstimateCache, dict, str]:
@@ -123,6 +136,7 @@ def _cached_separate(net, item: dict, cfg, device, store) -> torch.Tensor:
     settings = {"segment": cfg.segment, "overlap": float(cfg.overlap), "shifts": int(cfg.shifts)}
     if _tta(cfg):  # only when set: the keys of earlier runs without TTA stay valid
         settings["tta"] = _tta(cfg)
+    settings.update(_speed(cfg))
     track = {"name": item["name"], "length": int(item["mixture"].shape[-1]), "root": root,
              "sources": list(net.sources), "sample_rate": int(net.sample_rate)}
     key = estimate_key(model, settings, track)
@@ -179,7 +193,8 @@ def protocol(spec: dict, data_cfg, cfg, names: list[str], root: Path) -> dict:
         "audio": {"excerpt": "full tracks", "sample_rate": int(data_cfg.sample_rate),
                   "channels": int(data_cfg.channels), "sources": list(data_cfg.sources)},
         "inference": {"segment": cfg.segment, "overlap": float(cfg.overlap), "shifts": int(cfg.shifts),
-                      **({"tta": _tta(cfg)} if _tta(cfg) else {}), **{k: model[k] for k in keys if k in model}},
+                      **({"tta": _tta(cfg)} if _tta(cfg) else {}), **_speed(cfg),
+                      **{k: model[k] for k in keys if k in model}},
         "model": {"target": model.get("_target_"),
                   "checkpoint_sha256": spec.get("sha256")},
         "mss_version": __version__,

@@ -11,7 +11,9 @@ Output (see conf/separate.yaml): ``filename`` template (``{track}``, ``{source}`
 ``format=wav|flac|mp3``, ``bit_depth=16|24|32f``, ``clip=rescale|clamp|tanh|none`` (the Demucs reference's
 ``--clip-mode``, default rescale, per written file), ``stems=[vocals]`` (two-stem mode: the listed sources plus their
 complement ``no_vocals``, ``mixture − vocals`` with ``complement=minus`` or the sum of the other estimates with
-``add``), ``residual=true`` (also ``residual`` = mixture − sum of all estimates), ``tta=[flip_channels,flip_sign]``.
+``add``), ``residual=true`` (also ``residual`` = mixture − sum of all estimates), ``tta=[flip_channels,flip_sign]``;
+speed: ``compile=true`` (torch.compile), ``precision=bf16|fp16`` (autocast, :mod:`mss.inference.speed`);
+``ckpt=model.onnx``: a model exported by ``python -m mss.export``, run by onnxruntime.
 Every file is written atomically (temporary file, then renamed), as long as the input and at its sample rate.
 
 A file that cannot be read or separated is reported and skipped; the others are written, and the command exits
@@ -43,9 +45,11 @@ from mss.audio.io import (
     save_audio,
 )
 from mss.checkpoint import load_model
-from mss.pretrained.registry import resolve_checkpoint
+from mss.inference.export import OnnxSeparator, is_onnx
 from mss.inference.overlap_add import apply_model
+from mss.inference.speed import check_precision
 from mss.inference.tta import check_tta
+from mss.pretrained.registry import resolve_checkpoint
 from mss.run import CONF_DIR
 
 log = logging.getLogger("mss.separate")
@@ -213,7 +217,14 @@ def _run(cfg: DictConfig) -> None:
     if cfg.get("ckpt") is None:
         raise ValueError("nothing to separate with: set model=NAME (a published model: python -m mss.pretrained list) "
                          "or ckpt=PATH (an mss checkpoint)")
-    net = load_model(resolve_checkpoint(cfg.ckpt), map_location=device)
+    check_precision(cfg.get("precision"), device)
+    if is_onnx(cfg.ckpt):  # an exported model (python -m mss.export): onnxruntime
+        if cfg.get("compile") or str(cfg.get("precision") or "fp32").lower() != "fp32":
+            raise ValueError(f"ckpt={cfg.ckpt}: an ONNX model runs as exported; compile and precision are for "
+                             "PyTorch checkpoints")
+        net = OnnxSeparator(cfg.ckpt)
+    else:
+        net = load_model(resolve_checkpoint(cfg.ckpt), map_location=device)
     options.check_sources(net.sources)
     segment = None if cfg.segment is None else round(cfg.segment * net.sample_rate)
     out = Path(cfg.output_dir).expanduser()
@@ -221,7 +232,8 @@ def _run(cfg: DictConfig) -> None:
     for path in tqdm(files, desc="files", unit="file", disable=len(files) < 2):
         try:
             written = separate_file(net, path, out, options, device=device, segment=segment, overlap=cfg.overlap,
-                                    batch_size=cfg.batch_size, shifts=cfg.shifts, tta=tta)
+                                    batch_size=cfg.batch_size, shifts=cfg.shifts, tta=tta,
+                                    compile=bool(cfg.get("compile", False)), precision=cfg.get("precision"))
         except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
             log.error("%s: skipped: %s", path, str(err).splitlines()[0] if str(err) else type(err).__name__)
             failed.append((path, str(err)))

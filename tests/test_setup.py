@@ -177,7 +177,7 @@ def test_floors_match_what_the_code_calls():
 # pyproject name -> conda-forge / pytorch channel name, where they differ
 CONDA_NAMES = {"torch": "pytorch", "soundfile": "pysoundfile"}
 CONDA_ONLY = {"python", "cpuonly", "ffmpeg", "pip"}
-DEV_TOOLS = {"pytest", "ruff"}
+DEV_TOOLS = {"pytest", "ruff", "onnx", "onnxruntime", "onnxscript"}  # dev extras in environment.yml too
 
 
 def test_environment_yml_matches_pyproject():

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from mss.inference.bag import BagOfModels
+from mss.inference.speed import fast_forward
 from mss.inference.tta import TTA_TRANSFORMS, check_tta
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,13 @@ def _overlap_add(
     window: torch.Tensor,
     device: torch.device,
     bar: object | None,
+    forward=None,
+    full_batches: bool = False,
 ) -> torch.Tensor:
-    """Separate ``mix (B, C, T)`` chunk by chunk; returns ``(B, S, C, T)`` on ``mix.device``."""
+    """Separate ``mix (B, C, T)`` chunk by chunk; returns ``(B, S, C, T)`` on ``mix.device``. ``forward`` replaces
+    ``model`` for the calls (:func:`mss.inference.speed.fast_forward`); ``full_batches``: the last batch is padded with
+    zero chunks to ``batch_size`` (one input shape: a compiled network is not recompiled)."""
+    forward = model if forward is None else forward
     batch, _, length = mix.shape
     n_chunks = _n_chunks(length, segment, stride)
     starts = [k * stride for k in range(n_chunks)]
@@ -94,8 +100,10 @@ def _overlap_add(
                 for b, start in group
             ]
         )  # (N, C, segment)
+        if full_batches and len(group) < batch_size:
+            chunks = nn.functional.pad(chunks, (0, 0, 0, 0, 0, batch_size - len(group)))
         with torch.inference_mode():
-            est = model(chunks.to(device))  # (N, S, C, segment)
+            est = forward(chunks.to(device))[: len(group)]  # (N, S, C, segment)
         est = est.to(mix.device)
         if out is None:
             dtype = est.dtype if est.is_floating_point() else torch.float32
@@ -124,6 +132,8 @@ def apply_model(
     device: torch.device | str | None = None,
     progress: bool = False,
     tta: Sequence[str] | None = (),
+    compile: bool = False,
+    precision: str | None = "fp32",
 ) -> torch.Tensor:
     """Separate a (batch of) mixture(s) of any length with chunked overlap-add inference.
 
@@ -145,6 +155,8 @@ def apply_model(
         progress: show a tqdm progress bar over chunks.
         tta: test-time augmentations (:mod:`mss.inference.tta`: ``flip_channels``, ``flip_sign``); the plain pass
             and one pass per transform (each with the settings above) are averaged.
+        compile: run ``torch.compile(model)`` (compiled once per network and process; :mod:`mss.inference.speed`).
+        precision: ``fp32`` (plain), ``bf16`` or ``fp16`` (autocast; fp16 refused on CPU); estimates stay float32.
 
     Returns:
         ``(S, C, T)`` or ``(B, S, C, T)`` separated stems, same length and device as ``mix``.
@@ -152,7 +164,8 @@ def apply_model(
     transforms = check_tta(tta)
     if transforms:
         options = dict(segment=segment, overlap=overlap, batch_size=batch_size, shifts=shifts, max_shift=max_shift,
-                       weight=weight, transition_power=transition_power, device=device, progress=progress)
+                       weight=weight, transition_power=transition_power, device=device, progress=progress,
+                       compile=compile, precision=precision)
         out, passes = apply_model(model, mix, **options), 1
         for name in transforms:
             if name == "flip_channels" and mix.shape[-2] == 1:
@@ -164,7 +177,8 @@ def apply_model(
         return out.div_(passes)
     if isinstance(model, BagOfModels):  # each member with its own segment length, then the per-source weights
         options = dict(segment=segment, overlap=overlap, batch_size=batch_size, shifts=shifts, max_shift=max_shift,
-                       weight=weight, transition_power=transition_power, device=device, progress=progress)
+                       weight=weight, transition_power=transition_power, device=device, progress=progress,
+                       compile=compile, precision=precision)
         mix3 = mix.unsqueeze(0) if mix.dim() == 2 else mix
         out = model.combine([apply_model(member, mix3, **options) for member in model.models])
         return out[0] if mix.dim() == 2 else out
@@ -190,6 +204,7 @@ def apply_model(
     device = torch.device(device) if device is not None else _model_device(model, mix3.device)
     stride = max(1, int(segment * (1.0 - overlap)))
     window = chunk_window(segment, weight, transition_power)
+    forward = fast_forward(model, device, compile=compile, precision=precision)
 
     if shifts > 0:
         if max_shift is None:
@@ -212,14 +227,14 @@ def apply_model(
         )
     try:
         if shifts == 0:
-            out = _overlap_add(model, mix3, segment, stride, batch_size, window, device, bar)
+            out = _overlap_add(model, mix3, segment, stride, batch_size, window, device, bar, forward, compile)
         else:
             assert max_shift is not None
             out = None
             for offset in offsets:
                 lead = max_shift - offset
                 shifted = nn.functional.pad(mix3, (lead, 0))
-                est = _overlap_add(model, shifted, segment, stride, batch_size, window, device, bar)[
+                est = _overlap_add(model, shifted, segment, stride, batch_size, window, device, bar, forward, compile)[
                     ..., lead:
                 ]
                 out = est.contiguous() if out is None else out.add_(est)

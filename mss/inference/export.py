@@ -1,0 +1,137 @@
+"""ONNX export of a separator and an onnxruntime separator that runs the exported file.
+
+:func:`export_onnx` writes ``net`` with :func:`torch.onnx.export` (the ``torch.export``-based exporter, onnxscript):
+input ``mix (N, C, segment_length)`` with a dynamic batch ``N``, output ``stems (N, S, C, segment_length)``. The
+separator attributes (``sources``, ``sample_rate``, ``audio_channels``, ``segment_length``) and the family are stored
+in the ONNX metadata; the file is checked against PyTorch with onnxruntime (largest absolute difference at most
+``atol``, default 1e-4) before it is moved into place (atomic write). A family whose ops do not export is refused
+with :class:`ExportError` naming it and the exporter's reason.
+
+:class:`OnnxSeparator` is an ``nn.Module`` with the same attributes whose ``forward`` runs an onnxruntime session, so
+:func:`mss.inference.overlap_add.apply_model` (and ``python -m mss.separate ckpt=model.onnx``) use it unchanged;
+chunks are always ``segment_length`` long (the exported shape).
+
+Needs the ``onnx`` extra: ``pip install 'mss[onnx]'`` (onnx, onnxruntime, onnxscript).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mss.utils import atomic_write
+
+__all__ = ["ExportError", "OnnxSeparator", "export_onnx", "is_onnx"]
+
+METADATA_KEYS = ("sources", "sample_rate", "audio_channels", "segment_length", "family")
+
+
+class ExportError(RuntimeError):
+    """A network that cannot be exported (or whose export does not match PyTorch)."""
+
+
+def _need(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ExportError(f"ONNX export/inference needs {module}: pip install 'mss[onnx]' (onnx, onnxruntime, "
+                          "onnxscript)") from err
+
+
+def is_onnx(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(".onnx")
+
+
+def _family(net: nn.Module) -> str:
+    return f"{type(net).__module__}.{type(net).__qualname__}"
+
+
+def export_onnx(net: nn.Module, path: str | os.PathLike, *, opset: int | None = None, atol: float = 1e-4,
+                seed: int = 0) -> dict:
+    """Export ``net`` (a separator in eval mode) to ONNX at ``path``; returns the metadata and the measured
+    ``max_abs_diff`` against PyTorch on random mixtures (batches of 1 and 2)."""
+    onnx = _need("onnx")
+    ort = _need("onnxruntime")
+    _need("onnxscript")
+    missing = [k for k in METADATA_KEYS[:-1] if getattr(net, k, None) is None]
+    if missing:
+        raise ExportError(f"{_family(net)}: not a separator (no {', '.join(missing)})")
+    if getattr(net, "needs_references", False):
+        raise ExportError(f"{_family(net)}: an oracle needs the true stems; only networks export")
+    net = net.eval()
+    meta = {"sources": list(net.sources), "sample_rate": int(net.sample_rate),
+            "audio_channels": int(net.audio_channels), "segment_length": int(net.segment_length),
+            "family": _family(net)}
+    shape = (meta["audio_channels"], meta["segment_length"])
+    gen = torch.Generator().manual_seed(seed)
+    example = torch.randn(2, *shape, generator=gen)
+
+    def write(tmp: str) -> None:
+        try:
+            with torch.no_grad():
+                torch.onnx.export(net, (example,), tmp, dynamo=True, opset_version=opset, input_names=["mix"],
+                                  output_names=["stems"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                  external_data=False, verbose=False)
+        except Exception as err:  # noqa: BLE001 -- the exporter raises many kinds; the family and reason are kept
+            reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise ExportError(f"{meta['family']}: cannot be exported to ONNX ({type(err).__name__}: {reason[:300]})"
+                              ) from err
+        model = onnx.load(tmp)
+        onnx.helper.set_model_props(model, {k: json.dumps(v) for k, v in meta.items()})
+        onnx.save(model, tmp)
+        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        worst = 0.0
+        for batch in (1, 2):
+            mix = torch.randn(batch, *shape, generator=gen)
+            with torch.no_grad():
+                ref = net(mix).float().numpy()
+            got = session.run(["stems"], {"mix": mix.numpy()})[0]
+            if got.shape != ref.shape:
+                raise ExportError(f"{meta['family']}: the ONNX output has shape {got.shape}, PyTorch {ref.shape}")
+            worst = max(worst, float(np.abs(got - ref).max()))
+        if not worst <= atol:
+            raise ExportError(f"{meta['family']}: the ONNX model differs from PyTorch by {worst:.3g} (> {atol:g})")
+        meta["max_abs_diff"] = worst
+
+    atomic_write(path, write)
+    return meta
+
+
+class OnnxSeparator(nn.Module):
+    """An exported separator run by onnxruntime: ``forward(mix (N, C, segment_length)) -> (N, S, C,
+    segment_length)`` on the mix's device (computed on the CPU, or CUDA where onnxruntime has it)."""
+
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None):
+        super().__init__()
+        ort = _need("onnxruntime")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"ckpt={self.path}: no such ONNX file")
+        available = ort.get_available_providers()
+        providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        self.session = ort.InferenceSession(str(self.path), providers=providers)
+        props = self.session.get_modelmeta().custom_metadata_map
+        missing = [k for k in METADATA_KEYS[:-1] if k not in props]
+        if missing:
+            raise ExportError(f"{self.path}: no mss metadata ({', '.join(missing)}); export it with python -m "
+                              "mss.export")
+        meta = {k: json.loads(props[k]) for k in METADATA_KEYS if k in props}
+        self.sources = list(meta["sources"])
+        self.sample_rate = int(meta["sample_rate"])
+        self.audio_channels = int(meta["audio_channels"])
+        self.segment_length = int(meta["segment_length"])
+        self.family = meta.get("family", "?")
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        want = (self.audio_channels, self.segment_length)
+        if mix.dim() != 3 or tuple(mix.shape[1:]) != want:
+            raise ValueError(f"{self.path.name}: the exported model takes chunks (N, {want[0]}, {want[1]}), got "
+                             f"{tuple(mix.shape)} (use the model's own segment: segment=null)")
+        out = self.session.run(["stems"], {"mix": mix.detach().float().cpu().numpy()})[0]
+        return torch.from_numpy(out).to(mix.device)
