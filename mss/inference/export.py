@@ -3,9 +3,11 @@
 :func:`export_onnx` writes ``net`` with :func:`torch.onnx.export` (the ``torch.export``-based exporter, onnxscript):
 input ``mix (N, C, segment_length)`` with a dynamic batch ``N``, output ``stems (N, S, C, segment_length)``. The
 separator attributes (``sources``, ``sample_rate``, ``audio_channels``, ``segment_length``) and the family are stored
-in the ONNX metadata; the file is checked against PyTorch with onnxruntime (largest absolute difference at most
+in the ONNX metadata (where the exporter fixes the batch, :class:`OnnxSeparator` runs chunks in groups of that
+size); the file is checked against PyTorch with onnxruntime (largest absolute difference at most
 ``atol``, default 1e-4) before it is moved into place (atomic write). A family whose ops do not export is refused
-with :class:`ExportError` naming it and the exporter's reason.
+with :class:`ExportError` naming it and the reason: at once for the families that compute an STFT/iSTFT (detected
+by one eager forward), whose complex spectrograms the exporter does not convert.
 
 :class:`OnnxSeparator` is an ``nn.Module`` with the same attributes whose ``forward`` runs an onnxruntime session, so
 :func:`mss.inference.overlap_add.apply_model` (and ``python -m mss.separate ckpt=model.onnx``) use it unchanged;
@@ -19,6 +21,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +55,40 @@ def _family(net: nn.Module) -> str:
     return f"{type(net).__module__}.{type(net).__qualname__}"
 
 
+class _FindSpectral(torch.overrides.TorchFunctionMode):
+    """Records whether a forward calls an STFT/iSTFT (complex spectrograms: not exportable to ONNX here)."""
+
+    FUNCS = {torch.stft, torch.istft, torch.Tensor.stft, torch.Tensor.istft}
+
+    def __init__(self):
+        super().__init__()
+        self.found = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.found |= func in self.FUNCS
+        return func(*args, **(kwargs or {}))
+
+
+def _uses_stft(net: nn.Module, example: torch.Tensor) -> bool:
+    with torch.no_grad(), _FindSpectral() as mode:
+        net(example)
+    return mode.found
+
+
+def _run(session, mix: np.ndarray) -> np.ndarray:
+    """``session`` on ``mix (N, C, T)``: at once for a dynamic batch, else in groups of the exported batch size (the
+    last group zero-padded); some families' batch is fixed by the exporter."""
+    batch = session.get_inputs()[0].shape[0]
+    if not isinstance(batch, int):
+        return session.run(["stems"], {"mix": mix})[0]
+    outs = []
+    for i in range(0, len(mix), batch):
+        group = mix[i : i + batch]
+        padded = np.concatenate([group, np.zeros((batch - len(group), *group.shape[1:]), group.dtype)])
+        outs.append(session.run(["stems"], {"mix": padded})[0][: len(group)])
+    return np.concatenate(outs)
+
+
 def export_onnx(net: nn.Module, path: str | os.PathLike, *, opset: int | None = None, atol: float = 1e-4,
                 seed: int = 0) -> dict:
     """Export ``net`` (a separator in eval mode) to ONNX at ``path``; returns the metadata and the measured
@@ -71,6 +108,10 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, *, opset: int | None = 
     shape = (meta["audio_channels"], meta["segment_length"])
     gen = torch.Generator().manual_seed(seed)
     example = torch.randn(2, *shape, generator=gen)
+    if _uses_stft(net, example):
+        raise ExportError(f"{meta['family']}: computes an STFT/iSTFT (complex spectrograms), which the torch.onnx "
+                          "exporter does not convert (ConversionError for SpleeterUNet and OpenUnmix); the waveform "
+                          "families export: Conv-TasNet, Demucs v2/v3, Wave-U-Net")
 
     def write(tmp: str) -> None:
         try:
@@ -79,7 +120,8 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, *, opset: int | None = 
                                   output_names=["stems"], dynamic_shapes=({0: torch.export.Dim("batch")},),
                                   external_data=False, verbose=False)
         except Exception as err:  # noqa: BLE001 -- the exporter raises many kinds; the family and reason are kept
-            reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # the exporter colours its messages
+            reason = next((line for line in text.splitlines() if line.strip()), type(err).__name__)
             raise ExportError(f"{meta['family']}: cannot be exported to ONNX ({type(err).__name__}: {reason[:300]})"
                               ) from err
         model = onnx.load(tmp)
@@ -91,7 +133,7 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, *, opset: int | None = 
             mix = torch.randn(batch, *shape, generator=gen)
             with torch.no_grad():
                 ref = net(mix).float().numpy()
-            got = session.run(["stems"], {"mix": mix.numpy()})[0]
+            got = _run(session, mix.numpy())
             if got.shape != ref.shape:
                 raise ExportError(f"{meta['family']}: the ONNX output has shape {got.shape}, PyTorch {ref.shape}")
             worst = max(worst, float(np.abs(got - ref).max()))
@@ -133,5 +175,5 @@ class OnnxSeparator(nn.Module):
         if mix.dim() != 3 or tuple(mix.shape[1:]) != want:
             raise ValueError(f"{self.path.name}: the exported model takes chunks (N, {want[0]}, {want[1]}), got "
                              f"{tuple(mix.shape)} (use the model's own segment: segment=null)")
-        out = self.session.run(["stems"], {"mix": mix.detach().float().cpu().numpy()})[0]
+        out = _run(self.session, mix.detach().float().cpu().numpy())
         return torch.from_numpy(out).to(mix.device)
