@@ -227,7 +227,7 @@ def test_codec_effects_recipe_composes_and_data_module_applies_it_in_the_loader(
         cfg = compose("train", ["augment=codec_effects", f"paths.output_dir={tmp_path}", f"data.root={synth_root}",
                                 "data.synth=null", f"paths.cache_dir={tmp_path / 'cache'}", "data.segment=1.0",
                                 "data.batch_size=2", "data.num_workers=1", "data.valid_tracks=null", *extra])
-        dm = instantiate(cfg.data)
+        dm = instantiate(cfg.data, _convert_="all")  # as mss.train builds it
         dm.setup("fit")
         assert not dm.int16_batches() or cfg.data.effects is None
         return next(iter(dm.train_dataloader()))
