@@ -50,11 +50,14 @@ def tonal(seconds=1.0, channels=2, seed=0) -> np.ndarray:
 
 
 def lag(ref: np.ndarray, est: np.ndarray, span: int = 3000) -> int:
-    """Lag (samples) of ``est`` against ``ref`` at the cross-correlation peak (first channel)."""
+    """Lag (samples) of ``est`` against ``ref`` at the cross-correlation peak within +-``span`` (first channel)."""
+    from scipy.signal import correlate
+
     a, b = ref[0].astype(np.float64), est[0].astype(np.float64)
+    full = correlate(b, a, mode="full", method="fft")  # index n - 1 is lag 0
     n = len(a)
-    mid = slice(span, n - span)
-    return max(range(-span, span + 1), key=lambda k: float(np.dot(a[mid], b[span + k: n - span + k])))
+    window = full[n - 1 - span: n + span]
+    return int(np.argmax(window)) - span
 
 
 def snr(ref, est) -> float:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mss.audio.codec import CODECS, codec_round_trip
+from mss.audio.codec import CODECS, codec_round_trip, codec_round_trips
 
 __all__ = ["Chorus", "Codec", "Distortion", "Effect", "Effects", "Equalizer", "Loudness", "Lowpass", "Reverb",
            "SourceMixup"]
@@ -146,7 +146,7 @@ class Codec(Effect):
     def __call__(self, stems: Tensor, names: Sequence[str] | None = None, generator: torch.Generator | None = None,
                  reader: Reader | None = None) -> Tensor:
         if self.target == "stems":
-            return super().__call__(stems, names, generator, reader)
+            return self.code_stems(stems, names, generator)
         if self.proba == 0 or torch.rand((), generator=generator).item() >= self.proba:
             return stems
         x = stems.double()
@@ -157,6 +157,29 @@ class Codec(Effect):
         energy = x.square().sum((1, 2))
         share = energy / energy.sum() if energy.sum() > 0 else torch.full_like(energy, 1 / len(energy))
         return (x + share[:, None, None] * error).to(stems.dtype)
+
+    def code_stems(self, stems: Tensor, names: Sequence[str] | None, generator: torch.Generator | None) -> Tensor:
+        """Each picked, non-silent stem with probability ``proba`` through its own codec and bitrate, all of them in
+        one ffmpeg encoder and one decoder process (:func:`mss.audio.codec.codec_round_trips`)."""
+        if self.proba == 0:
+            return stems
+        rows, specs = [], []
+        for i, pick in enumerate(self.picked(names, stems.shape[0])):
+            if pick and torch.rand((), generator=generator).item() < self.proba and stems[i].any():
+                rows.append(i)
+                specs.append((_choice(self.codecs, generator), _choice(self.bitrates, generator)))
+        if not rows:
+            return stems
+        wavs, where = [], []
+        for i, spec in zip(rows, specs):
+            for c in range(0, stems.shape[1], 2):  # files of at most two channels
+                wavs.append(stems[i, c: c + 2].float().numpy())
+                where.append((i, c, spec))
+        coded = codec_round_trips(wavs, self.sample_rate, [w[2][0] for w in where], [w[2][1] for w in where])
+        out = stems.clone()
+        for (i, c, _), y in zip(where, coded):
+            out[i, c: c + y.shape[0]] = torch.from_numpy(y).to(stems.dtype)
+        return out
 
 
 class Lowpass(Effect):
