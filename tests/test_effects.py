@@ -96,6 +96,7 @@ def stems(seed=0, t=SR // 2) -> torch.Tensor:
 EFFECTS = {
     "codec_mixture": lambda p: Codec(p, bitrates=[64, 96]),
     "codec_stems": lambda p: Codec(p, codecs=["aac"], bitrates=[64, 96], target="stems"),
+    "codec_mp3_vbr": lambda p: Codec(p, codecs=["mp3_vbr"], vbr_quality=(6, 9), target="stems"),
     "lowpass": lambda p: Lowpass(p, 1000.0, 3000.0),
     "eq": lambda p: Equalizer(p, max_gain_db=12.0),
     "reverb": lambda p: Reverb(p, wet_level=(0.2, 0.3)),
@@ -119,7 +120,8 @@ def test_effect_changes_keeps_shape_dtype_alignment_and_is_seeded(name):
     assert EFFECTS[name](0.0)(x, SOURCES, gen(1)) is x  # p = 0: the identity
 
 
-@pytest.mark.parametrize("name", ["lowpass", "eq", "reverb", "distortion", "codec_stems", "loudness_stems"])
+@pytest.mark.parametrize("name", ["lowpass", "eq", "reverb", "distortion", "codec_stems", "codec_mp3_vbr",
+                                  "loudness_stems"])
 def test_effect_probability_and_sources(name):
     x = stems()
     fx = EFFECTS[name](0.5)
@@ -132,6 +134,16 @@ def test_effect_probability_and_sources(name):
     silent = x.clone()
     silent[1] = 0
     assert not only(silent, SOURCES, gen(0))[1].any() and not EFFECTS[name](1.0)(silent, SOURCES, gen(0))[1].any()
+
+
+def test_in_process_mp3_is_sample_aligned():
+    """pedalboard's MP3Compressor (codec mp3_vbr) compensates the LAME delay too."""
+    x = music()
+    y = Codec(1.0, codecs=["mp3_vbr"], vbr_quality=(9, 9), target="stems")(torch.from_numpy(x)[None], ["a"], gen())[0]
+    assert lag(x, y.numpy()) == 0
+    x = tonal()
+    y = Codec(1.0, codecs=["mp3_vbr"], vbr_quality=(2, 2), target="stems")(torch.from_numpy(x)[None], ["a"], gen())[0]
+    assert snr(x, y.numpy()) > 11.0 and snr(x[:, 1:], y.numpy()[:, :-1]) < snr(x, y.numpy()) - 0.5
 
 
 def test_mixture_codec_keeps_the_sum_equal_to_the_coded_mixture():

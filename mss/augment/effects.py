@@ -8,10 +8,11 @@ an example is a function of the run's seed and its position) or from an explicit
 ``(S, C, T)``, the dtype and the sample alignment, and at ``proba=0`` returns its input untouched. ``sources``
 (names of ``data.sources``) limits a per-stem transform to some stems; silent stems are skipped.
 
-- :class:`Codec`: MP3/AAC round trip at a random bitrate (ffmpeg, :func:`mss.audio.codec.codec_round_trip`, delay
-  compensated) of each stem or of the mixture (``target``). On the mixture, the codec error ``coded - mix`` is
-  shared out to the stems in proportion to their energy, so ``sum(stems)`` is exactly the coded mixture (the
-  training step forms the mixture from the stems) and the targets carry their share of the error.
+- :class:`Codec`: MP3/AAC round trip at a random bitrate (ffmpeg, :func:`mss.audio.codec.codec_round_trips`, delay
+  compensated; or MP3 VBR in process with pedalboard's ``MP3Compressor``) of each stem or of the mixture
+  (``target``). On the mixture, the codec error ``coded - mix`` is shared out to the stems in proportion to their
+  energy, so ``sum(stems)`` is exactly the coded mixture (the training step forms the mixture from the stems) and
+  the targets carry their share of the error.
 - :class:`Lowpass`: zero-phase Butterworth low-pass (scipy ``sosfiltfilt``) at a log-uniform cutoff.
 - :class:`Equalizer`: a few peaking filters at random frequencies, gains and Q (pedalboard ``PeakFilter``).
 - :class:`Reverb`, :class:`Chorus`, :class:`Distortion`: pedalboard's (JUCE) effects with random settings; the
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mss.audio.codec import CODECS, codec_round_trip, codec_round_trips
+from mss.audio.codec import CODECS, codec_round_trips
 
 __all__ = ["Chorus", "Codec", "Distortion", "Effect", "Effects", "Equalizer", "Loudness", "Lowpass", "Reverb",
            "SourceMixup"]
@@ -118,18 +119,21 @@ class Codec(Effect):
 
     Args:
         proba: per stem (``target=stems``) or per example (``target=mixture``).
-        codecs: drawn uniformly from ``mp3``, ``aac``.
-        bitrates: kbit/s, drawn uniformly from the list (per two channels for MP3).
+        codecs: drawn uniformly from ``mp3``, ``aac`` (ffmpeg, at a bitrate of ``bitrates``) and ``mp3_vbr``
+            (pedalboard's in-process LAME ``MP3Compressor`` at a VBR quality uniform in ``vbr_quality``, 0 best ~245
+            kbit/s, 9 worst ~65 kbit/s; no subprocess, ~4x cheaper).
+        bitrates: kbit/s, drawn uniformly from the list (per two channels).
         target: ``mixture`` (the codec error shared out to the stems by energy) or ``stems``.
     """
 
     def __init__(self, proba: float = 0.2, codecs: Sequence[str] = ("mp3", "aac"),
                  bitrates: Sequence[int] = (64, 96, 128, 192, 256), target: str = "mixture", sample_rate: int = 44100,
-                 sources: Sequence[str] | None = None):
+                 sources: Sequence[str] | None = None, vbr_quality: Sequence[float] = (2.0, 9.0)):
         super().__init__(proba, sample_rate, sources)
-        bad = sorted(set(codecs) - set(CODECS))
+        known = sorted(CODECS) + ["mp3_vbr"]
+        bad = sorted(set(codecs) - set(known))
         if bad or not codecs:
-            raise ValueError(f"effects Codec.codecs={list(codecs)}: expected a non-empty list of {sorted(CODECS)}")
+            raise ValueError(f"effects Codec.codecs={list(codecs)}: expected a non-empty list of {known}")
         if not bitrates or min(bitrates) < 8:
             raise ValueError(f"effects Codec.bitrates={list(bitrates)}: expected kbit/s values >= 8")
         if target not in ("mixture", "stems"):
@@ -137,11 +141,36 @@ class Codec(Effect):
         if target == "mixture" and sources is not None:
             raise ValueError("effects Codec.sources only applies with target=stems (the mixture holds every stem)")
         self.codecs, self.bitrates, self.target = list(codecs), [int(b) for b in bitrates], target
+        self.vbr_quality = _range("Codec.vbr_quality", vbr_quality, 0, 10)
         self.per_stem = target == "stems"
 
+    def draw(self, generator: torch.Generator | None) -> tuple[str, float]:
+        """``(codec, bitrate in kbit/s or VBR quality for mp3_vbr)``."""
+        codec = _choice(self.codecs, generator)
+        if codec == "mp3_vbr":
+            return codec, _uniform(*self.vbr_quality, generator)
+        return codec, _choice(self.bitrates, generator)
+
     def apply(self, stem: np.ndarray, generator: torch.Generator | None) -> np.ndarray:
-        codec, bitrate = _choice(self.codecs, generator), _choice(self.bitrates, generator)
-        return codec_round_trip(stem, self.sample_rate, codec, bitrate)
+        return self.round_trip([stem], [self.draw(generator)])[0]
+
+    def round_trip(self, wavs: list[np.ndarray], specs: list[tuple[str, float]]) -> list[np.ndarray]:
+        """Coded ``wavs`` (each ``(C, T)``): the ffmpeg ones in one process pair, ``mp3_vbr`` in process."""
+        out: list[np.ndarray | None] = [None] * len(wavs)
+        pairs, where = [], []
+        for k, (wav, (codec, setting)) in enumerate(zip(wavs, specs)):
+            if codec == "mp3_vbr":
+                out[k] = _pedalboard().MP3Compressor(vbr_quality=setting)(wav, self.sample_rate)
+                continue
+            for c in range(0, wav.shape[0], 2):  # files of at most two channels
+                pairs.append((wav[c: c + 2], codec, int(setting)))
+                where.append((k, c))
+        if pairs:
+            coded = codec_round_trips([p[0] for p in pairs], self.sample_rate, [p[1] for p in pairs],
+                                      [p[2] for p in pairs])
+            for k in {k for k, _ in where}:
+                out[k] = np.concatenate([y for (kk, _), y in zip(where, coded) if kk == k])
+        return out  # type: ignore[return-value]
 
     def __call__(self, stems: Tensor, names: Sequence[str] | None = None, generator: torch.Generator | None = None,
                  reader: Reader | None = None) -> Tensor:
@@ -159,26 +188,21 @@ class Codec(Effect):
         return (x + share[:, None, None] * error).to(stems.dtype)
 
     def code_stems(self, stems: Tensor, names: Sequence[str] | None, generator: torch.Generator | None) -> Tensor:
-        """Each picked, non-silent stem with probability ``proba`` through its own codec and bitrate, all of them in
-        one ffmpeg encoder and one decoder process (:func:`mss.audio.codec.codec_round_trips`)."""
+        """Each picked, non-silent stem with probability ``proba`` through its own codec and bitrate, the ffmpeg ones
+        all in one encoder and one decoder process (:func:`mss.audio.codec.codec_round_trips`)."""
         if self.proba == 0:
             return stems
         rows, specs = [], []
         for i, pick in enumerate(self.picked(names, stems.shape[0])):
             if pick and torch.rand((), generator=generator).item() < self.proba and stems[i].any():
                 rows.append(i)
-                specs.append((_choice(self.codecs, generator), _choice(self.bitrates, generator)))
+                specs.append(self.draw(generator))
         if not rows:
             return stems
-        wavs, where = [], []
-        for i, spec in zip(rows, specs):
-            for c in range(0, stems.shape[1], 2):  # files of at most two channels
-                wavs.append(stems[i, c: c + 2].float().numpy())
-                where.append((i, c, spec))
-        coded = codec_round_trips(wavs, self.sample_rate, [w[2][0] for w in where], [w[2][1] for w in where])
+        coded = self.round_trip([stems[i].float().numpy() for i in rows], specs)
         out = stems.clone()
-        for (i, c, _), y in zip(where, coded):
-            out[i, c: c + y.shape[0]] = torch.from_numpy(y).to(stems.dtype)
+        for i, y in zip(rows, coded):
+            out[i] = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).to(stems.dtype)
         return out
 
 
