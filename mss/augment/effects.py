@@ -121,7 +121,7 @@ class Codec(Effect):
         proba: per stem (``target=stems``) or per example (``target=mixture``).
         codecs: drawn uniformly from ``mp3``, ``aac`` (ffmpeg, at a bitrate of ``bitrates``) and ``mp3_vbr``
             (pedalboard's in-process LAME ``MP3Compressor`` at a VBR quality uniform in ``vbr_quality``, 0 best ~245
-            kbit/s, 9 worst ~65 kbit/s; no subprocess, ~4x cheaper).
+            kbit/s, 9 worst ~65 kbit/s; no subprocess, 2.4-2.8x cheaper, measured).
         bitrates: kbit/s, drawn uniformly from the list (per two channels).
         target: ``mixture`` (the codec error shared out to the stems by energy) or ``stems``.
     """
