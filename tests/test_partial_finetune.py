@@ -18,6 +18,7 @@ from torch import nn
 
 from mss import load_model
 from mss.checkpoint import CheckpointError, build_model, read_checkpoint, save_checkpoint
+from mss.lightning.finetune import extend_schedulers
 from mss.losses import CombinedLoss, MultiResolutionSTFTL1, WaveformL1
 from mss.models.lora import LoRA, apply_lora, merge_lora, merge_lora_state
 from mss.run import compose
@@ -160,7 +161,9 @@ def test_freeze_then_unfreeze_through_the_cli_and_resume(synth_root, tmp_path):
     base = base_checkpoint(tmp_path / "base.ckpt", synth_root, TINY_MODEL)
     common = [*TINY_TRAIN, f"data.root={synth_root}", "data.synth=null", f"hydra.run.dir={tmp_path / 'run'}",
               "test=false", f"paths.cache_dir={tmp_path / 'cache'}", f"module.init_checkpoint={base}",
-              "module.finetune.freeze=[enc_conv]", "module.finetune.unfreeze_after_epochs=1"]
+              "module.finetune.freeze=[enc_conv]", "module.finetune.unfreeze_after_epochs=1",
+              "module.scheduler={_target_: torch.optim.lr_scheduler.OneCycleLR, _partial_: true, max_lr: 0.001, "
+              "total_steps: 100}", "module.scheduler_interval=step"]
     run("mss.train", *common, cwd=tmp_path)
     ckpt, init = tmp_path / "run" / "checkpoints" / "last.ckpt", net_state(base)
     frozen = [k for k in init if ".enc_conv." in k]
@@ -174,10 +177,26 @@ def test_freeze_then_unfreeze_through_the_cli_and_resume(synth_root, tmp_path):
     run("mss.train", *[o for o in common if not o.startswith("trainer.max_epochs")], "trainer.max_epochs=2",
         "ckpt_path=last", cwd=tmp_path)
     state = net_state(ckpt)
-    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2  # epochs completed
     assert all(not torch.equal(state[k], init[k]) for k in frozen if k.endswith(".weight"))
-    groups = torch.load(ckpt, weights_only=True)["optimizer_states"][0]["param_groups"]
+    raw = torch.load(ckpt, weights_only=True)
+    groups = raw["optimizer_states"][0]["param_groups"]
     assert [len(g["params"]) for g in groups] == [trainable, len(frozen)]
+    assert groups[1]["lr"] == groups[0]["lr"] and groups[1]["max_lr"] == 0.001  # on the OneCycle schedule
+    assert len(raw["lr_schedulers"][0]["base_lrs"]) == 2
+
+
+def test_unfrozen_groups_join_the_lr_schedule():
+    param, extra = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.5 ** epoch)
+    optimizer.step()
+    scheduler.step()
+    optimizer.add_param_group({"params": [extra], "lr": optimizer.param_groups[0]["lr"]})
+    extend_schedulers(optimizer, [scheduler])
+    optimizer.step()
+    scheduler.step()  # without extend_schedulers: ValueError (zip() argument 2 is shorter)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.25, 0.25]
 
 
 def test_freeze_and_lora_settings_are_checked(synth_root, tmp_path):
@@ -237,13 +256,16 @@ def test_optimizer_group_options_train_one_step_through_the_cli(synth_root, tmp_
     run("mss.train", "-m", "module/optimizer=adamw,prodigy,schedulefree", *TINY_TRAIN, f"data.root={synth_root}",
         "data.synth=null", f"hydra.sweep.dir={sweep}", "test=false", f"paths.cache_dir={tmp_path / 'cache'}",
         cwd=tmp_path)
-    states = [torch.load(sweep / str(i) / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]
-              for i in range(3)]
+    jobs = sorted((p for p in sweep.iterdir() if (p / "checkpoints" / "last.ckpt").is_file()),
+                  key=lambda p: int(p.name.split("_")[0]))
+    assert len(jobs) == 3, list(sweep.iterdir())
+    ckpts = [j / "checkpoints" / "last.ckpt" for j in jobs]
+    states = [torch.load(c, weights_only=True)["optimizer_states"][0] for c in ckpts]
     adamw, prodigy, schedulefree = states
     assert adamw["param_groups"][0]["weight_decay"] == 0.01 and "amsgrad" in adamw["param_groups"][0]
     assert prodigy["param_groups"][0]["d"] > 0 and prodigy["param_groups"][0]["lr"] == 1.0
     assert schedulefree["param_groups"][0]["train_mode"] is False
     assert all("z" in s for s in schedulefree["state"].values())
-    for i in range(3):
-        assert load_model(sweep / str(i) / "checkpoints" / "last.ckpt") is not None
+    for ckpt in ckpts:
+        assert load_model(ckpt) is not None
 

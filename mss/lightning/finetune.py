@@ -6,8 +6,9 @@ and is left out of the optimiser (:meth:`SeparationModule.parameter_groups` take
 ``module.finetune.unfreeze_after_epochs=N``: at the start of epoch ``N`` (0-based: after ``N`` epochs) they become
 trainable again and join the optimiser as new parameter groups (:class:`Unfreeze`, a Lightning ``BaseFinetuning``
 callback the module hands to the trainer through ``configure_callbacks``), with the current learning rate of the
-optimiser's first group and the ``module.param_groups`` options their names match. ``BaseFinetuning`` checkpoints
-the added groups, so a resumed run rebuilds the optimiser with them and loads its state.
+optimiser's first group and the ``module.param_groups`` options their names match; the LR schedulers of the run
+then schedule the new groups like the first (:func:`extend_schedulers`). ``BaseFinetuning`` checkpoints the added
+groups, so a resumed run rebuilds the optimiser with them and loads its state.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 
 log = logging.getLogger("mss.lightning")
 
-__all__ = ["Unfreeze", "freeze_parameters"]
+__all__ = ["Unfreeze", "extend_schedulers", "freeze_parameters"]
 
 
 def freeze_parameters(net: nn.Module, patterns: Iterable[str], key: str = "module.finetune.freeze") -> list[str]:
@@ -76,10 +77,27 @@ class Unfreeze(BaseFinetuning):
             param.requires_grad_(True)
         present = {id(p) for group in optimizer.param_groups for p in group["params"]}
         new = [(n, p) for n, p in named if id(p) not in present]  # a resumed run restored its groups already
-        if not new:
-            return
-        lr = optimizer.param_groups[0]["lr"]
-        for group in self.groups(new):
-            optimizer.add_param_group({"lr": lr, **group})
-        log.info("epoch %d: unfroze %d parameter tensor(s) (%d were frozen) and added them to %s", epoch, len(new),
-                 len(thawed), type(optimizer).__name__)
+        if new:
+            first = optimizer.param_groups[0]
+            for group in self.groups(new):
+                optimizer.add_param_group({"lr": first["lr"], **group})
+                # what schedulers keep in the groups (initial_lr, max_lr, momenta...): follow the first group
+                optimizer.param_groups[-1].update({k: v for k, v in first.items()
+                                                   if k not in optimizer.param_groups[-1]})
+            log.info("epoch %d: unfroze %d parameter tensor(s) (%d were frozen) and added them to %s", epoch,
+                     len(new), len(thawed), type(optimizer).__name__)
+        extend_schedulers(optimizer, [c.scheduler for c in pl_module.trainer.lr_scheduler_configs])
+
+
+def extend_schedulers(optimizer: torch.optim.Optimizer, schedulers: Iterable) -> None:
+    """Give the schedulers of ``optimizer`` an entry for each parameter group added after they were built: their
+    per-group lists (``base_lrs``, ``lr_lambdas``, ``min_lrs``) repeat the first group's, so the new groups follow
+    its schedule (``LambdaLR`` and others refuse to step an optimiser with more groups than they know)."""
+    n = len(optimizer.param_groups)
+    for scheduler in schedulers:
+        if getattr(scheduler, "optimizer", None) is not optimizer:
+            continue
+        for attr in ("base_lrs", "lr_lambdas", "min_lrs"):
+            values = getattr(scheduler, attr, None)
+            if isinstance(values, list) and 0 < len(values) < n:
+                values.extend([values[0]] * (n - len(values)))
