@@ -149,6 +149,10 @@ def test_lora_cli_checkpoint_keeps_base_weights_and_evaluates(synth_root, tmp_pa
     mix = torch.randn(1, 2, 44100, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(net(mix), adapted.eval()(mix), rtol=0, atol=1e-5)
+    # a LoRA checkpoint as the init checkpoint of a further (plain) fine-tune: the merged weights
+    cfg = compose("train", ["paths.output_dir=unused", *ROFORMER, f"module.init_checkpoint={ckpt}"])
+    module = instantiate(cfg.module, net=build_model(cfg.model), _convert_="partial")
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in module.net.state_dict().items())
     run("mss.evaluate", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}", f"data.root={synth_root}",
         f"paths.cache_dir={tmp_path / 'cache'}", "evaluation.batch_size=8", cwd=tmp_path)
     assert (tmp_path / "eval" / "results.csv").is_file()
@@ -184,6 +188,15 @@ def test_freeze_then_unfreeze_through_the_cli_and_resume(synth_root, tmp_path):
     assert [len(g["params"]) for g in groups] == [trainable, len(frozen)]
     assert groups[1]["lr"] == groups[0]["lr"] and groups[1]["max_lr"] == 0.001  # on the OneCycle schedule
     assert len(raw["lr_schedulers"][0]["base_lrs"]) == 2
+
+
+def test_unfreezing_refuses_several_processes():
+    from types import SimpleNamespace
+
+    from mss.lightning.finetune import Unfreeze
+
+    with pytest.raises(ValueError, match="does not work with several processes"):
+        Unfreeze(["w"], 1, lambda named: []).setup(SimpleNamespace(world_size=2), None, "fit")
 
 
 def test_unfrozen_groups_join_the_lr_schedule():

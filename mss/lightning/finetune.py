@@ -63,6 +63,14 @@ class Unfreeze(BaseFinetuning):
             raise ValueError(f"module.finetune.unfreeze_after_epochs must be >= 0, got {epoch}")
         self.names, self.epoch, self.groups = list(names), int(epoch), groups
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.world_size > 1:
+            raise ValueError(
+                "module.finetune.unfreeze_after_epochs does not work with several processes: DDP synchronises only "
+                "the parameters that were trainable when it wrapped the model. Run the frozen phase, then a second "
+                "run with module.init_checkpoint=<its checkpoint> and no freeze (or train on one device).")
+        super().setup(trainer, pl_module, stage)
+
     def freeze_before_training(self, pl_module) -> None:
         """Nothing to do: the module froze the parameters when it was built (so that they stay out of the optimiser
         whatever builds it)."""
