@@ -135,7 +135,7 @@ class SeparationModule(L.LightningModule):
                                  "(target required)")
             self.lora = {"target": list(self.lora["target"]) if not isinstance(self.lora["target"], str)
                          else [self.lora["target"]], "rank": int(self.lora.get("rank", 8)),
-                         "alpha": float(self.lora.get("alpha", 8)), "dropout": float(self.lora.get("dropout", 0.0))}
+                         "alpha": float(self.lora.get("alpha", 16)), "dropout": float(self.lora.get("dropout", 0.0))}
             wrapped = apply_lora(self.net, **self.lora)
             trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
             log.info("LoRA rank %d on %d layer(s) of %s: %d trainable of %d parameters", self.lora["rank"],
