@@ -1,6 +1,10 @@
 """mss: a PyTorch research framework for music source separation."""
 
+from mss.platform.threads import configure_waiting
+
 __version__ = "0.1.0"
+
+configure_waiting()  # OpenMP workers sleep instead of spinning; only effective before torch is imported
 
 
 def load_model(path, map_location="cpu"):

@@ -4,7 +4,10 @@ An mss checkpoint is Lightning's checkpoint dict (or a minimal one written by :f
 ``"mss"`` entry: ``{"model": resolved model config (_target_ + arguments), "data": data config or at least its audio
 constants (sources, sample_rate, channels), "mss_version", "git"}``, and the network's weights under ``state_dict``
 with the ``net.`` prefix of :class:`mss.lightning.module.SeparationModule`. :func:`load_model` rebuilds the network
-from that alone.
+from that alone. A LoRA fine-tune (``module/finetune=lora``) stores the weights of the network with its adapters
+(base weights + ``lora_A``/``lora_B``, so that the run can resume) and its adapter config under ``mss.lora``
+(``{target, rank, alpha, dropout}``); reading such a checkpoint folds the adapters into the weights
+(:func:`mss.models.lora.merge_lora_state`): the network comes back with its plain architecture.
 """
 
 from __future__ import annotations
@@ -72,7 +75,14 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def _net_state(ckpt: dict) -> dict[str, torch.Tensor]:
-    return {k[len(PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
+    """The network's weights of a checkpoint (``net.`` prefix removed), LoRA adapters folded in."""
+    state = {k[len(PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
+    lora = ckpt["mss"].get("lora")
+    if lora:
+        from mss.models.lora import merge_lora_state
+
+        state = merge_lora_state(state, float(lora["alpha"]))
+    return state
 
 
 def model_from_checkpoint(ckpt: dict, source: str | os.PathLike = "checkpoint",
@@ -91,19 +101,50 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     return model_from_checkpoint(read_checkpoint(path, map_location), path, map_location)
 
 
-def load_net_weights(net: nn.Module, path: str | os.PathLike, sources: list[str], key: str = "checkpoint") -> None:
-    """Load the network weights of the mss checkpoint ``path`` into ``net`` (same architecture), checking that it
-    was trained on ``sources``; ``key`` names the config entry that gave the path, for the errors."""
+def load_net_weights(net: nn.Module, path: str | os.PathLike, sources: list[str], key: str = "checkpoint",
+                     strict: bool = True) -> dict[str, list[str]]:
+    """Load the network weights of the mss checkpoint ``path`` into ``net``; ``key`` names the config entry that gave
+    the path, for the errors.
+
+    ``strict`` (default): same architecture and sources, else a :class:`CheckpointError` listing the mismatching
+    tensors by name (with both shapes). Not strict: every tensor present in both with the same shape is loaded, the
+    rest keep their current (random) values and are returned as ``{"loaded", "shape_mismatch", "missing",
+    "unexpected"}`` (names; ``shape_mismatch`` entries as ``name: checkpoint shape -> model shape``) and logged,
+    e.g. to start a 2-source model from a 4-source checkpoint (a differing ``data.sources`` is then a warning)."""
+    import logging
+
+    log = logging.getLogger("mss.checkpoint")
     ckpt = read_checkpoint(path)
     stored = list(ckpt["mss"].get("data", {}).get("sources", sources))
     if stored != list(sources):
-        raise CheckpointError(f"{path}: {key} was trained on sources {stored}, this run separates {list(sources)} "
-                              "(set data.sources to match)")
-    try:
-        net.load_state_dict(_net_state(ckpt))
-    except RuntimeError as err:
+        message = (f"{path}: {key} was trained on sources {stored}, this run separates {list(sources)}")
+        if strict:
+            raise CheckpointError(f"{message} (set data.sources to match, or load the compatible tensors only with "
+                                  f"{key}_strict=false)")
+        log.warning(message)
+    state, own = _net_state(ckpt), net.state_dict()
+    report = {
+        "loaded": [k for k in own if k in state and state[k].shape == own[k].shape],
+        "shape_mismatch": [f"{k}: {tuple(state[k].shape)} -> {tuple(own[k].shape)}" for k in own
+                           if k in state and state[k].shape != own[k].shape],
+        "missing": [k for k in own if k not in state],
+        "unexpected": [k for k in state if k not in own],
+    }
+    problems = {kind: names for kind, names in report.items() if kind != "loaded" and names}
+    if strict and problems:
+        listed = "; ".join(f"{kind.replace('_', ' ')} ({len(names)}): {', '.join(names[:8])}"
+                           f"{' ...' if len(names) > 8 else ''}" for kind, names in problems.items())
         raise CheckpointError(f"{path}: {key} weights do not fit model {type(net).__name__} (use the model config "
-                              f"stored in the checkpoint): {str(err).splitlines()[0]}") from err
+                              f"stored in the checkpoint, or load the compatible tensors only with {key}_strict="
+                              f"false): {listed}")
+    net.load_state_dict({k: state[k] for k in report["loaded"]}, strict=False)
+    for kind, names in problems.items():
+        log.warning("%s: %s: %d tensor(s) not loaded (%s): %s", path, key, len(names), kind.replace("_", " "),
+                    ", ".join(names))
+    if problems:
+        log.warning("%s: %s: loaded %d of %d tensors of %s", path, key, len(report["loaded"]), len(own),
+                    type(net).__name__)
+    return report
 
 
 def save_checkpoint(path: str | os.PathLike, net: nn.Module, model_config: Mapping, *, data: Mapping | None = None,

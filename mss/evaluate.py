@@ -46,6 +46,7 @@ from mss.inference.overlap_add import apply_model
 from mss.inference.tta import check_tta
 from mss.metrics import evaluate_track, nsdr, read_track_json, save_track_json
 from mss.metrics.whole_track import ALWAYS, check_metrics, whole_track_scores
+from mss.platform.threads import thread_budget
 from mss.report import write_evaluation
 from mss.run import CONF_DIR, compose, save_run_info
 from mss.utils import atomic_write_text
@@ -148,7 +149,8 @@ def _cached_separate(net, item: dict, cfg, device, store) -> torch.Tensor:
 
 
 def _process(net, item, sources, sample_rate, cfg, out, device, metrics_device, store, pool=None):
-    est = _cached_separate(net, item, cfg, device, store)
+    with thread_budget():  # threads from the cores free now (the scoring workers' included; mss.platform.threads)
+        est = _cached_separate(net, item, cfg, device, store)
     if cfg.save_estimates:
         for s, wav in zip(sources, est):
             save_audio(out / "estimates" / item["name"] / f"{s}.wav", wav, sample_rate, subtype="FLOAT")
@@ -326,7 +328,8 @@ def evaluate(ckpt: str | Path | None, data_cfg: DictConfig, eval_cfg: DictConfig
         bar = tqdm(total=len(todo), desc=f"evaluate {label}", unit="track")
         if cfg.workers > 1:
             # spawn, not fork: a forked child of a process that already ran torch's thread pool can hang in its first
-            # parallel op; each worker gets its share of the cores
+            # parallel op; each worker gets its share of the cores at most (bss_eval_v4 then takes, per track, the
+            # cores free at the time; the workers inherit OMP_WAIT_POLICY=PASSIVE from import mss)
             threads = max(1, torch.get_num_threads() // cfg.workers)
             with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
                                      initializer=torch.set_num_threads, initargs=(threads,)) as pool:

@@ -5,6 +5,7 @@ the two repitch backends (quality as round-trip error, speed).
     python scripts/bench_data.py                          # synthetic MUSDB-HQ folder generated in a temp dir
     python scripts/bench_data.py --root DIR --batches 20  # an existing MUSDB-HQ-layout folder
     python scripts/bench_data.py --repitch-only --rubberband
+    python scripts/bench_data.py --effects-only           # cost per example of each codec / effect transform
 
 Pipelines (batch of ``--batch-size`` examples of 4 stereo stems, ``--segment`` seconds + 1 s shift margin, as
 ``augment=demucs`` reads them; random excerpts, no remix):
@@ -29,6 +30,12 @@ Repitch tables: a two-partial tone and synthetic vocals and drums stems, shifted
 round-trip error as waveform SDR and magnitude-spectrogram SNR (phase vocoders do not keep the phase, so the
 spectral figure is the meaningful one), and seconds of compute per second of stereo audio; then the CPU time of one
 repitched training example (4 stereo stems, segment + 1 s), the figure behind the >= 20 segments/s goal.
+
+Effects table (:mod:`mss.augment.effects`, ``augment=codec_effects``): milliseconds of CPU (this process plus the
+ffmpeg children it waited for) and wall time per training example (4 stereo stems of synthetic music, ``--segment``
+seconds) of each transform forced on (proba 1: every stem for the per-stem ones), median of ``--effect-runs`` runs with
+different seeds; then the mean over 32 seeds of the whole ``codec_effects`` chain at the recipe's probabilities (what
+a loader worker spends per example on average). ``--effects`` adds a ``mss+codec_effects`` row to the loader table.
 """
 
 from __future__ import annotations
@@ -101,14 +108,19 @@ def throughput(loader, batches: int) -> tuple[float, float | None]:
     return count / wall, (count / used if used else None)
 
 
-def mss_loader(root: Path, workers: int, args, repitch: str | None):
+def mss_loader(root: Path, workers: int, args, repitch: str | None, effects: bool = False):
+    from hydra.utils import instantiate
+
     from mss.augment.repitch import Repitch
     from mss.data.datamodule import MSSDataModule
+    from mss.run import compose
 
     rp = None if repitch is None else Repitch(proba=0.2, sample_rate=44100, backend=repitch)
+    fx = instantiate(compose("train", ["augment=codec_effects", "paths.output_dir=unused"]).effects,
+                     _convert_="all") if effects else None
     dm = MSSDataModule(root=str(root), sources=SOURCES, segment=args.segment, segment_margin=1.0,
                        batch_size=args.batch_size, num_workers=workers, samples_per_epoch=10**6,
-                       valid_tracks=None, cache_dir=str(root.parent / "cache"), repitch=rp, seed=0)
+                       valid_tracks=None, cache_dir=str(root.parent / "cache"), repitch=rp, seed=0, effects=fx)
     dm.setup("fit")
     return dm.train_dataloader()
 
@@ -180,6 +192,71 @@ def repitch_example_cost(segment: float, rubberband: bool) -> list[str]:
     return rows
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and of its waited-for children (the ffmpeg encoders and decoders)."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def effects_cost(segment: float, runs: int) -> list[str]:
+    """Per-example cost of each :mod:`mss.augment.effects` transform (forced on) and of the recipe chain."""
+    from hydra.utils import instantiate
+
+    from mss.augment import effects as fx
+    from mss.data.synth import render_track
+    from mss.run import compose
+
+    sr = 44100
+    n = round(segment * sr)
+    track = render_track("train", 0, sources=SOURCES, duration=segment + 1.0, sample_rate=sr, seed=0)
+    stems = torch.stack([torch.from_numpy(track[s]).float().T[:, :n].contiguous() for s in SOURCES])
+    other = render_track("train", 1, sources=SOURCES, duration=segment + 1.0, sample_rate=sr, seed=0)
+
+    def reader(name):  # an in-memory excerpt: the row counts the mixing, not the dataset's extra file read
+        return torch.from_numpy(other[name]).float().T[:, :n].contiguous()
+
+    rows = [f"| transform (forced on) | ms CPU per example (median of {runs}) | ms wall (median) |", "|---|---|---|"]
+    cases = [
+        ("Codec mixture, mp3 128 kbit/s", fx.Codec(1.0, codecs=["mp3"], bitrates=[128])),
+        ("Codec mixture, mp3 64 kbit/s", fx.Codec(1.0, codecs=["mp3"], bitrates=[64])),
+        ("Codec mixture, aac 128 kbit/s", fx.Codec(1.0, codecs=["aac"], bitrates=[128])),
+        ("Codec mixture, mp3_vbr q 5 (pedalboard, in process)", fx.Codec(1.0, codecs=["mp3_vbr"], vbr_quality=(5, 5))),
+        ("Codec stems (4), mp3 128 kbit/s", fx.Codec(1.0, codecs=["mp3"], bitrates=[128], target="stems")),
+        ("Codec stems (4), aac 128 kbit/s", fx.Codec(1.0, codecs=["aac"], bitrates=[128], target="stems")),
+        ("Codec stems (4), mp3_vbr q 5", fx.Codec(1.0, codecs=["mp3_vbr"], vbr_quality=(5, 5), target="stems")),
+        ("Lowpass (4 stems, Butterworth 8 zero-phase)", fx.Lowpass(1.0)),
+        ("Equalizer (4 stems, 3 peaks)", fx.Equalizer(1.0)),
+        ("Reverb (4 stems)", fx.Reverb(1.0)),
+        ("Chorus (4 stems)", fx.Chorus(1.0)),
+        ("Distortion (4 stems)", fx.Distortion(1.0)),
+        ("Loudness, mixture (BS.1770)", fx.Loudness(1.0)),
+        ("Loudness, each stem", fx.Loudness(1.0, target="stems")),
+        ("SourceMixup (4 stems, in-memory excerpt)", fx.SourceMixup(1.0)),
+    ]
+    for label, t in cases:
+        cpu, wall = [], []
+        for seed in range(-1, runs):  # seed -1: warm-up (imports, first ffmpeg start)
+            c, w = _cpu(), time.perf_counter()
+            t(stems, SOURCES, torch.Generator().manual_seed(max(seed, 0)), reader)
+            if seed >= 0:
+                cpu.append(_cpu() - c)
+                wall.append(time.perf_counter() - w)
+        rows.append(f"| {label} | {1e3 * sorted(cpu)[runs // 2]:.0f} | {1e3 * sorted(wall)[runs // 2]:.0f} |")
+    cfg = compose("train", ["augment=codec_effects", "paths.output_dir=unused"])
+    chain = instantiate(cfg.effects, _convert_="all")
+    cpu, wall = [], []
+    for seed in range(32):
+        c, w = _cpu(), time.perf_counter()
+        chain(stems, torch.Generator().manual_seed(seed), reader)
+        cpu.append(_cpu() - c)
+        wall.append(time.perf_counter() - w)
+    rows.append(f"| augment=codec_effects chain at its probabilities (mean of 32 seeds) | {1e3 * sum(cpu) / 32:.0f} | "
+                f"{1e3 * sum(wall) / 32:.0f} |")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", type=Path, help="MUSDB-HQ-layout folder (default: generate a synthetic one)")
@@ -193,11 +270,20 @@ def main() -> None:
     p.add_argument("--no-musdb-stems", action="store_true")
     p.add_argument("--no-naive", action="store_true", help="only the mss rows (e.g. with many --batches)")
     p.add_argument("--repitch-only", action="store_true", help="only the repitch backend table")
+    p.add_argument("--effects-only", action="store_true", help="only the codec / effect cost table")
+    p.add_argument("--effects", action="store_true", help="also a loader row with augment=codec_effects' effects")
+    p.add_argument("--effect-runs", type=int, default=7, help="runs (seeds) per effect row; the median is shown")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.repitch_only:
         print("\n".join(repitch_table(3.0, args.rubberband)))
         print("\n" + "\n".join(repitch_example_cost(args.segment, args.rubberband)))
+        return
+    if args.effects_only:
+        load = f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"
+        print(f"# effects on 4 stereo stems of {args.segment:g} s at 44.1 kHz; load average {load} on "
+              f"{os.cpu_count()} cores")
+        print("\n".join(effects_cost(args.segment, args.effect_runs)))
         return
     from mss.data.synth import generate
 
@@ -212,6 +298,8 @@ def main() -> None:
                  ("mss+repitch (vocoder)", lambda w: mss_loader(root, w, args, "vocoder"))]
     if args.rubberband:
         pipelines.append(("mss+repitch (rubberband)", lambda w: mss_loader(root, w, args, "rubberband")))
+    if args.effects:
+        pipelines.append(("mss+codec_effects", lambda w: mss_loader(root, w, args, None, effects=True)))
     if not args.no_naive:
         pipelines.append(("musdb-wav (naive)", lambda w: naive_loader(root, w, args, True)))
     if (root / "stems").is_dir() and not args.no_musdb_stems and not args.no_naive:
@@ -230,6 +318,8 @@ def main() -> None:
             print(f"| {name} | {w} | {v:.1f} | {v / max(w, 1):.1f} | {cpu_text} | {ratio} |")
     print("\n" + "\n".join(repitch_table(3.0, args.rubberband)))
     print("\n" + "\n".join(repitch_example_cost(args.segment, args.rubberband)))
+    if args.effects:
+        print("\n" + "\n".join(effects_cost(args.segment, args.effect_runs)))
     tmp.cleanup()
 
 

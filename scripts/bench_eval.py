@@ -1,7 +1,7 @@
 """Benchmark BSS Eval v4: museval 0.4.1 vs mss (all four metrics, and SDR only), time, peak memory and agreement.
 
     python scripts/bench_eval.py [--lengths 30 180] [--threads 2] [--device cpu|cuda] [--repeat 3]
-                                 [--museval-repeat 1] [--skip-museval]
+                                 [--museval-repeat 1] [--skip-museval] [--load N] [--plain]
 
 Signals: 4 stereo sources, 44.1 kHz, band-limited amplitude-modulated noise at RMS 0.1 quantised to 16 bit with TPDF
 dither (like MUSDB), vocals digitally silent from 2 to 5 s; float32 estimates = source + 0.1·(other sources) + noise at
@@ -14,13 +14,23 @@ times and museval ``--museval-repeat`` times (fresh processes; the median time a
 on a shared VM single runs scatter by +-25 %, museval's as much as ours); all signals are generated first and
 museval runs last (a process started right after another freed GBs starts measurably slower here). Prints one
 table with ratios against museval (same machine, same run) and the max |Δ| of every metric against museval.
+
+Contention: ``--load N`` starts N busy processes (``while True: pass``, each ending by itself after ``--load-seconds``
+and killed when the benchmark ends) before the first measurement, so that every run shares the cores with them; the
+load average is printed before they start. A second table gives each method's CPU seconds (user / system, medians;
+``resource.getrusage`` of the evaluation). ``--plain`` also times mss with ``MSS_DISABLE_FAST_PATHS=threads`` (every
+core, the OpenMP runtime's default spinning wait: the behaviour before :mod:`mss.platform.threads`). The mss worker
+imports ``mss`` before ``torch`` (as ``python -m mss.evaluate`` does), so passive waiting is in effect.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,14 +74,17 @@ def worker(method: str, folder: Path, threads: int, device: str) -> None:
 
         evaluate = museval.evaluate
     else:
+        # isort: off
+        import mss  # noqa: F401  (before torch, as in python -m mss.evaluate: sets the OpenMP wait policy)
         import torch
+        # isort: on
 
         from mss.metrics import bss_eval_v4
 
         torch.set_num_threads(threads)
 
         def evaluate(r, e):
-            out = bss_eval_v4(r, e, device=device, sdr_only=method == "mss-sdr")
+            out = bss_eval_v4(r, e, device=device, sdr_only=method.startswith("mss-sdr"))
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             return [m.cpu().numpy() for m in out]
@@ -81,19 +94,27 @@ def worker(method: str, folder: Path, threads: int, device: str) -> None:
     from scripts._memory import PeakMemory
 
     with PeakMemory("cpu") as mem:  # restarts the peak count: loading the signals does not count
+        before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         result = evaluate(refs, ests)
         seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
     increase = _mb(mem.peak)  # NaN where the platform cannot tell (see scripts/_memory.py)
     peak = _mb(mem.base) + increase
     np.save(folder / f"{method}.npy", np.stack([np.asarray(m, dtype=np.float64) for m in result]))
-    print(json.dumps({"time": seconds, "peak": peak, "increase": increase}))
+    print(json.dumps({"time": seconds, "peak": peak, "increase": increase, "user": after.ru_utime - before.ru_utime,
+                      "sys": after.ru_stime - before.ru_stime}))
 
 
 def run_child(method: str, folder: Path, threads: int, device: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "OPENBLAS_NUM_THREADS": str(threads)}
-    proc = subprocess.run([sys.executable, __file__, "--worker", method, str(folder), "--threads", str(threads),
+    if method.endswith("-plain"):  # the behaviour without mss.platform.threads
+        env["MSS_DISABLE_FAST_PATHS"] = "threads"
+        for key in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME"):
+            env.pop(key, None)
+    proc = subprocess.run([sys.executable, __file__, "--worker", method.removesuffix("-plain"), str(folder),
+                           "--threads", str(threads),
                            "--device", device], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{method} failed:\n{proc.stderr[-3000:]}")
@@ -103,8 +124,28 @@ def run_child(method: str, folder: Path, threads: int, device: str) -> dict:
 def measure(method: str, folder: Path, threads: int, device: str, repeat: int) -> dict:
     """``repeat`` fresh-process runs: the median time, the largest peak and every run's time."""
     runs = sorted((run_child(method, folder, threads, device) for _ in range(max(1, repeat))), key=lambda r: r["time"])
+    median = statistics.median
     return {**runs[len(runs) // 2], "peak": max(r["peak"] for r in runs),
-            "increase": max(r["increase"] for r in runs), "times": [round(r["time"], 3) for r in runs]}
+            "increase": max(r["increase"] for r in runs), "times": [round(r["time"], 3) for r in runs],
+            "user": median(r["user"] for r in runs), "sys": median(r["sys"] for r in runs)}
+
+
+BUSY = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+
+
+@contextlib.contextmanager
+def busy_processes(n: int, seconds: float):
+    """``n`` processes spinning on one core each, for at most ``seconds`` (they end by themselves; killed on exit)."""
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY.format(seconds=float(seconds))]) for _ in range(n)]
+    try:
+        if procs:
+            time.sleep(1.0)  # let them get going
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
 
 
 def max_delta(a: np.ndarray, b: np.ndarray) -> tuple[float, bool]:
@@ -122,6 +163,12 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None, help="keep signals/results here (reuse museval runs)")
     parser.add_argument("--repeat", type=int, default=3, help="fresh-process runs of each mss measurement (median)")
     parser.add_argument("--museval-repeat", type=int, default=1, help="fresh-process runs of museval (median)")
+    parser.add_argument("--load", type=int, default=0, metavar="N",
+                        help="run N busy processes (one core each) during every measurement")
+    parser.add_argument("--load-seconds", type=float, default=1800.0,
+                        help="the busy processes end by themselves after this long")
+    parser.add_argument("--plain", action="store_true",
+                        help="also time mss with MSS_DISABLE_FAST_PATHS=threads (no thread budget, spinning waits)")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -139,28 +186,33 @@ def main() -> None:
             np.save(folder / "ests.npy", ests)
             del refs, ests
         folders[seconds] = folder
-    for seconds, folder in folders.items():
-        rows.append((seconds, {method: measure(method, folder, args.threads, args.device, args.repeat)
-                               for method in ("mss", "mss-sdr")}))
-    for seconds, res in rows:
-        folder = folders[seconds]
-        cached = folder / "museval.json"
-        if not args.skip_museval:
-            if cached.is_file() and (folder / "museval.npy").is_file():
-                res["museval"] = json.loads(cached.read_text())
-            else:
-                res["museval"] = measure("museval", folder, args.threads, "cpu", args.museval_repeat)
-                cached.write_text(json.dumps(res["museval"]))
-            ref = np.load(folder / "museval.npy")
-            ours = np.load(folder / "mss.npy")
-            sdr_only = np.load(folder / "mss-sdr.npy")
-            deltas = [max_delta(ref[k], ours[k]) for k in range(4)] + [max_delta(ref[0], sdr_only[0])]
-            agreement.append((seconds, deltas))
-        print(f"done {seconds:g} s: " + ", ".join(f"{k} {v['time']:.2f} s (runs: {v.get('times', '?')})"
-                                                    for k, v in res.items()), flush=True)
+    methods = ("mss", "mss-sdr") + (("mss-plain",) if args.plain else ())
+    load_before = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    print(f"load average before: {load_before} ({os.cpu_count()} cores); {args.load} busy process(es) started",
+          flush=True)
+    with busy_processes(args.load, args.load_seconds):
+        for seconds, folder in folders.items():
+            rows.append((seconds, {method: measure(method, folder, args.threads, args.device, args.repeat)
+                                   for method in methods}))
+        for seconds, res in rows:
+            folder = folders[seconds]
+            cached = folder / ("museval.json" if not args.load else f"museval-load{args.load}.json")
+            if not args.skip_museval:
+                if cached.is_file() and (folder / "museval.npy").is_file():
+                    res["museval"] = json.loads(cached.read_text())
+                else:
+                    res["museval"] = measure("museval", folder, args.threads, "cpu", args.museval_repeat)
+                    cached.write_text(json.dumps(res["museval"]))
+                ref = np.load(folder / "museval.npy")
+                ours = np.load(folder / "mss.npy")
+                sdr_only = np.load(folder / "mss-sdr.npy")
+                deltas = [max_delta(ref[k], ours[k]) for k in range(4)] + [max_delta(ref[0], sdr_only[0])]
+                agreement.append((seconds, deltas))
+            print(f"done {seconds:g} s: " + ", ".join(f"{k} {v['time']:.2f} s (runs: {v.get('times', '?')})"
+                                                        for k, v in res.items()), flush=True)
 
     print(f"\nBSS Eval v4, 4 stereo sources, 44.1 kHz, 16-bit references; {args.threads} threads; mss on "
-          f"{args.device}\n")
+          f"{args.device}; {args.load} busy process(es); load average before {load_before}\n")
     head = ("| track | museval time | museval peak RSS (+Δ) | mss all-four time | mss peak RSS (+Δ) "
             "| mss SDR-only time | speed-up all-four | speed-up SDR-only | memory ratio (Δ) |")
     print(head)
@@ -184,6 +236,19 @@ def main() -> None:
         for seconds, deltas in agreement:
             print(f"| {seconds:g} s | " + " | ".join(f"{d:.1e} ({'yes' if same else 'NO'})" for d, same in deltas)
                   + " |")
+
+    print("\nwall time and CPU seconds (user / system) of the evaluation, medians:\n")
+    names = ["museval"] * (not args.skip_museval) + list(methods)
+    print("| track | " + " | ".join(f"{n} wall | {n} CPU" for n in names) + " | museval / mss all-four |"
+          + (" museval / mss plain |" if args.plain else ""))
+    print("|---" * (2 * len(names) + 1 + args.plain + 1) + "|")
+    for seconds, res in rows:
+        cells = [f"{res[n]['time']:.2f} s | {res[n]['user']:.2f} / {res[n]['sys']:.2f} s" for n in names]
+        m = res.get("museval")
+        ratios = [f"{m['time'] / res['mss']['time']:.1f}×" if m else "–"]
+        if args.plain:
+            ratios.append(f"{m['time'] / res['mss-plain']['time']:.1f}×" if m else "–")
+        print(f"| {seconds:g} s | " + " | ".join(cells + ratios) + " |")
 
 
 if __name__ == "__main__":

@@ -204,3 +204,6 @@ def test_wheel_installs_and_runs_from_any_folder(tmp_path):
     assert run(["python", "-c", code], work, env).stdout.strip() == "(1, 4, 2, 16384)"
     loaded = torch.load(work / "loaded.pt", weights_only=True)
     assert weights.keys() <= loaded.keys() and all(torch.equal(loaded[k], v) for k, v in weights.items())
+    # the registry of published models ships in the wheel
+    out = run(["python", "-m", "mss.pretrained", "list"], work, env)
+    assert all(name in out.stdout for name in ("htdemucs_ft", "umxhq", "bs_roformer_msst_musdb"))

@@ -152,8 +152,8 @@ def test_optimizer_and_scheduler_partials_are_completed():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(module.net.parameters()))
 
 
-GROUP_OPTIONS = [(group, p.stem) for group in ("data", "module/loss", "trainer", "callbacks", "logger", "debug",
-                                               "augment", "evaluation")
+GROUP_OPTIONS = [(group, p.stem) for group in ("data", "module/loss", "module/optimizer", "module/finetune", "trainer",
+                                               "callbacks", "logger", "debug", "augment", "evaluation")
                  for p in sorted((CONF_DIR / group).glob("*.yaml"))]
 
 

@@ -60,6 +60,8 @@ class MSSDataModule(L.LightningDataModule):
         seed: seed of the training order and excerpts (default: the seed of ``lightning.seed_everything``, i.e.
             the run's ``seed``, else 0).
         repitch: optional :class:`mss.augment.repitch.Repitch` (pitch/tempo change in the loader workers).
+        effects: optional :class:`mss.augment.effects.Effects` (codec round trips and effects on each training
+            example, in the loader workers; the top-level ``effects`` node of ``augment=codec_effects``).
         segment_margin: seconds read beyond ``segment`` for batch augmentations that shorten the excerpt (the
             ``Shift`` of ``augment=demucs``), so the network still trains on ``segment`` seconds.
         batch_pool: loader workers write training batches into a pool of reused shared-memory buffers (see
@@ -73,7 +75,8 @@ class MSSDataModule(L.LightningDataModule):
                  train_subset: str = "train", test_subset: str = "test",
                  aggregates: dict[str, list[str]] | None = None, convert: bool = False,
                  cache_dir: str = "~/.cache/mss", synth: dict | None = None, pin_memory: bool = False,
-                 seed: int | None = None, repitch=None, segment_margin: float = 0.0, batch_pool: bool = True):
+                 seed: int | None = None, repitch=None, segment_margin: float = 0.0, batch_pool: bool = True,
+                 effects=None):
         super().__init__()
         if format not in FORMATS:
             raise ValueError(f"data.format={format!r}: expected one of {FORMATS}")
@@ -88,7 +91,7 @@ class MSSDataModule(L.LightningDataModule):
         self.valid_spec, self.train_subset, self.test_subset = valid_tracks, train_subset, test_subset
         self.aggregates, self.convert, self.pin_memory = dict(aggregates or {}), convert, pin_memory
         self.cache_dir = Path(os.path.expanduser(cache_dir))
-        self.repitch, self.segment_margin = repitch, float(segment_margin)
+        self.repitch, self.segment_margin, self.effects = repitch, float(segment_margin), effects
         self.batch_pool = bool(batch_pool)
         self.synth = dict(synth) if synth is not None else None
         self.root = Path(root).expanduser() if root is not None else self._synth_root()
@@ -232,10 +235,10 @@ class MSSDataModule(L.LightningDataModule):
 
     def int16_batches(self) -> bool:
         """Whether training batches travel as int16 (``float = int16 / 32768``, converted on the device by
-        :meth:`on_after_batch_transfer`): exactly when that is lossless, i.e. no repitch and every training source
-        is one 16-bit PCM WAV file at ``sample_rate`` / ``channels`` (MUSDB18-HQ, the decoded MUSDB18 cache).
+        :meth:`on_after_batch_transfer`): exactly when that is lossless, i.e. no repitch, no effects and every training
+        source is one 16-bit PCM WAV file at ``sample_rate`` / ``channels`` (MUSDB18-HQ, the decoded MUSDB18 cache).
         Half the bytes through the loader's shared memory, whose allocation and page faults dominate its cost."""
-        return self.repitch is None and all(
+        return self.repitch is None and self.effects is None and all(
             len(files) == 1 and is_pcm16(files[0], self.channels, self.sample_rate)
             for track in self.tracks["train"] for files in track.sources.values())
 
@@ -252,7 +255,7 @@ class MSSDataModule(L.LightningDataModule):
         dataset = SegmentDataset(self.tracks["train"], self.sources, segment=segment,
                                  samples_per_epoch=self.samples_per_epoch, channels=self.channels,
                                  sample_rate=self.sample_rate, random_tracks=self.random_tracks, convert=self.convert,
-                                 repitch=self.repitch, int16=self.int16_batches())
+                                 repitch=self.repitch, int16=self.int16_batches(), effects=self.effects)
         rank, world = self._rank_world
         seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         self._sampler = EpochSampler(len(dataset), seed=seed, rank=rank, world_size=world)

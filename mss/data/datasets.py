@@ -3,7 +3,8 @@
 - :class:`SegmentDataset`: random training excerpts, stems ``(S, C, T)``; with ``random_tracks`` each source comes
   from an independently drawn track and offset (new mixtures that never existed); with ``repitch`` (a
   :class:`mss.augment.repitch.Repitch`) some examples get the same pitch/tempo change on every stem, here in the
-  data-loader workers, still exactly ``T`` samples long.
+  data-loader workers, still exactly ``T`` samples long; with ``effects`` (a :class:`mss.augment.effects.Effects`)
+  codec round trips, filters, reverb... then apply to the example, also in the workers (same shape and alignment).
 - :class:`TrackDataset`: whole tracks for validation/test: ``{"name", "mixture": (C, T), "stems": (S, C, T)}``.
 """
 
@@ -20,17 +21,21 @@ class SegmentDataset(Dataset):
     track ``i % len(tracks)`` (every track is seen equally often); the offset (and, with ``random_tracks``, the track
     of each source) is random. Randomness comes from torch's generator, which Lightning seeds per worker. A
     repitched example reads ``repitch.input_length(segment)`` samples (tempo up to +max_tempo plus guard bands) and
-    is cut back to ``segment`` samples. With ``int16`` items hold the 16-bit samples as they are (``float = int16 /
-    32768``: half the bytes to move from the loader workers; only for single-file 16-bit sources, without
-    repitch)."""
+    is cut back to ``segment`` samples; ``effects`` then transform the example (their random draws follow the read's,
+    and :class:`~mss.augment.effects.SourceMixup` reads extra excerpts through :meth:`excerpt`). With ``int16``
+    items hold the 16-bit samples as they are (``float = int16 / 32768``: half the bytes to move from the loader
+    workers; only for single-file 16-bit sources, without repitch or effects)."""
 
     def __init__(self, tracks: list[Track], sources: list[str], *, segment: int, samples_per_epoch: int,
                  channels: int, sample_rate: int, random_tracks: bool = False, convert: bool = False, repitch=None,
-                 int16: bool = False):
+                 int16: bool = False, effects=None):
         if not tracks:
             raise ValueError("SegmentDataset: no training tracks")
         if int16 and repitch is not None:
             raise ValueError("SegmentDataset: int16 items cannot hold repitched (resynthesised) audio")
+        if int16 and effects is not None:
+            raise ValueError("SegmentDataset: int16 items cannot hold audio transformed by effects")
+        self.effects = effects
         self.item_dtype = torch.int16 if int16 else torch.float32
         self.tracks, self.sources, self.segment = tracks, list(sources), int(segment)
         self.samples_per_epoch, self.random_tracks, self.repitch = int(samples_per_epoch), random_tracks, repitch
@@ -68,14 +73,26 @@ class SegmentDataset(Dataset):
         """Item ``index``, written into ``out`` (``(S, C, T)`` of :attr:`item_dtype`, e.g. a row of a shared-memory
         batch) when given: every stem is read straight into its row (no per-stem tensors, no stacking copy)."""
         change, frames, picks, starts = self._draw(index)
-        stems = out if out is not None and change is None else torch.empty(*self.item_shape[:2], frames,
-                                                                             dtype=self.item_dtype)
+        direct = out is not None and change is None and self.effects is None
+        stems = out if direct else torch.empty(*self.item_shape[:2], frames, dtype=self.item_dtype)
         for row, track, source, start in zip(stems, picks, self.sources, starts):
             track.read_source(source, start=start, frames=frames, out=row, **self.load_kw)
-        if change is None:
+        if change is None and self.effects is None:
             return stems
-        stems = self.repitch(stems, change, self.segment, self.sources)
+        if change is not None:
+            stems = self.repitch(stems, change, self.segment, self.sources)
+        if self.effects is not None:
+            stems = self.effects(stems, reader=self.excerpt)
         return stems if out is None else out.copy_(stems)
+
+    def excerpt(self, source: str) -> torch.Tensor:
+        """Another excerpt ``(C, segment)`` of ``source``, from a random training track and offset (torch's
+        generator): the second excerpt of same-source mixup."""
+        track = self.tracks[int(torch.randint(0, len(self.tracks), ()))]
+        row = torch.empty(self.item_shape[1], self.segment, dtype=torch.float32)
+        track.read_source(source, start=self._start(track, self.segment), frames=self.segment, out=row,
+                          **self.load_kw)
+        return row
 
     def describe(self, index: int) -> str:
         """Where item ``index`` comes from (track, start sample and time; per source with ``random_tracks``; the repitch

@@ -47,6 +47,16 @@ class SeparationModule(L.LightningModule):
         mss_config: resolved config (model, data, ...) saved in checkpoints under ``"mss"``.
         init_checkpoint: mss checkpoint whose network weights initialise ``net`` (fine-tuning); its model config
             and sources must match.
+        init_checkpoint_strict: ``False``: load only the tensors of ``init_checkpoint`` whose name and shape match
+            ``net`` (e.g. a different number of sources); the others are logged by name and keep their initial
+            values. ``True`` (default): any mismatch is an error listing the tensors.
+        finetune: partial / parameter-efficient fine-tuning ``{freeze, unfreeze_after_epochs, lora}``:
+            ``freeze``: regexes on ``net`` parameter names to freeze (``requires_grad=False``, out of the optimiser);
+            ``unfreeze_after_epochs``: epoch at whose start they train again (:mod:`mss.lightning.finetune`);
+            ``lora``: ``{target, rank, alpha, dropout}``: LoRA adapters on the ``nn.Linear``/``Conv1d``/``Conv2d``
+            layers whose module name matches a ``target`` regex, everything else frozen (:mod:`mss.models.lora`);
+            checkpoints keep the adapters and store this config under ``mss.lora``; :func:`mss.load_model` folds
+            them into the weights.
         param_groups: ``{regex: optimiser options}``: parameters whose name (in ``net``) matches a regex get those
             options (first match wins), e.g. ``{transformer: {weight_decay: 0.05}}``; the rest use the defaults.
         unlabeled: the unlabeled-remixing extra step (Demucs 2019): ``{dataset, proba, weight, lr_scale,
@@ -63,7 +73,8 @@ class SeparationModule(L.LightningModule):
                  source_weights: dict[str, float] | None = None, augment: nn.Module | None = None,
                  valid_segment: float | None = None, valid_overlap: float = 0.25, valid_batch_size: int = 4,
                  mss_config: dict | None = None, init_checkpoint: str | None = None,
-                 param_groups: dict[str, dict] | None = None, unlabeled: dict | None = None,
+                 init_checkpoint_strict: bool = True, param_groups: dict[str, dict] | None = None,
+                 unlabeled: dict | None = None, finetune: dict | None = None,
                  val_metrics: list[str] | tuple[str, ...] | None = ("sdr",)):
         super().__init__()
         self.val_metrics = check_val_metrics(val_metrics)
@@ -86,14 +97,60 @@ class SeparationModule(L.LightningModule):
         self.unlabeled = dict(unlabeled) if unlabeled else None
         self.automatic_optimization = self.unlabeled is None
         if init_checkpoint:
-            self._init_from_checkpoint(init_checkpoint)
+            self._init_from_checkpoint(init_checkpoint, strict=bool(init_checkpoint_strict))
+        self._setup_finetune(dict(finetune or {}))
 
-    def _init_from_checkpoint(self, path: str) -> None:
-        """Load the network weights of an mss checkpoint (same model config and sources) into ``net``."""
+    def _init_from_checkpoint(self, path: str, strict: bool = True) -> None:
+        """Load the network weights of an mss checkpoint (same model config and sources, unless not ``strict``)
+        into ``net``."""
         from mss.checkpoint import load_net_weights
 
-        load_net_weights(self.net, path, self.sources, key="module.init_checkpoint")
-        log.info("initialised %s from %s", type(self.net).__name__, path)
+        report = load_net_weights(self.net, path, self.sources, key="module.init_checkpoint", strict=strict)
+        log.info("initialised %s from %s (%d of %d tensors)", type(self.net).__name__, path, len(report["loaded"]),
+                 len(self.net.state_dict()))
+
+    def _setup_finetune(self, cfg: dict) -> None:
+        """``module.finetune``: freeze parameters by name, or wrap layers in LoRA adapters (see the class doc)."""
+        from mss.lightning.finetune import freeze_parameters
+        from mss.models.lora import apply_lora
+
+        unknown = set(cfg) - {"freeze", "unfreeze_after_epochs", "lora"}
+        if unknown:
+            raise ValueError(f"module.finetune: unknown key(s) {sorted(unknown)}; expected freeze, "
+                             "unfreeze_after_epochs, lora")
+        freeze, self.unfreeze_after_epochs = list(cfg.get("freeze") or []), cfg.get("unfreeze_after_epochs")
+        self.lora = dict(cfg["lora"]) if cfg.get("lora") else None
+        if self.lora and (freeze or self.unfreeze_after_epochs is not None):
+            raise ValueError("module.finetune.lora trains the adapters only (every other parameter is frozen): "
+                             "leave module.finetune.freeze and unfreeze_after_epochs unset with it")
+        if self.unfreeze_after_epochs is not None and not freeze:
+            raise ValueError("module.finetune.unfreeze_after_epochs is set but module.finetune.freeze is empty: "
+                             "nothing to unfreeze")
+        self.frozen = freeze_parameters(self.net, freeze) if freeze else []
+        if self.frozen:
+            log.info("froze %d parameter tensor(s) of %s matching %s", len(self.frozen), type(self.net).__name__,
+                     freeze)
+        if self.lora:
+            expected = {"target", "rank", "alpha", "dropout"}
+            if set(self.lora) - expected or "target" not in self.lora:
+                raise ValueError(f"module.finetune.lora: got keys {sorted(self.lora)}, expected {sorted(expected)} "
+                                 "(target required)")
+            self.lora = {"target": list(self.lora["target"]) if not isinstance(self.lora["target"], str)
+                         else [self.lora["target"]], "rank": int(self.lora.get("rank", 8)),
+                         "alpha": float(self.lora.get("alpha", 16)), "dropout": float(self.lora.get("dropout", 0.0))}
+            wrapped = apply_lora(self.net, **self.lora)
+            trainable = sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+            log.info("LoRA rank %d on %d layer(s) of %s: %d trainable of %d parameters", self.lora["rank"],
+                     len(wrapped), type(self.net).__name__, trainable, sum(p.numel() for p in self.net.parameters()))
+
+    def configure_callbacks(self):
+        """The :class:`~mss.lightning.finetune.Unfreeze` callback when ``module.finetune.unfreeze_after_epochs``
+        is set."""
+        if not self.frozen or self.unfreeze_after_epochs is None:
+            return []
+        from mss.lightning.finetune import Unfreeze
+
+        return [Unfreeze(self.frozen, self.unfreeze_after_epochs, self.parameter_groups)]
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         """``(B, C, T)`` mixture → ``(B, S, C, T)`` estimates."""
@@ -245,10 +302,12 @@ class SeparationModule(L.LightningModule):
         self._val_tracks = {}
 
     # -- optimisation and checkpoints ---------------------------------------------------------------------------
-    def parameter_groups(self) -> list[dict]:
-        """Trainable parameters grouped by :attr:`param_groups` regexes on their ``net`` names (plus everything else
-        in a default group: the loss or augmentations may have parameters too)."""
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+    def parameter_groups(self, named: list[tuple[str, torch.Tensor]] | None = None) -> list[dict]:
+        """Trainable parameters (or the ``(name, parameter)`` pairs ``named``) grouped by :attr:`param_groups`
+        regexes on their ``net`` names (plus everything else in a default group: the loss or augmentations may have
+        parameters too)."""
+        if named is None:
+            named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         patterns = [(re.compile(rx), dict(opts)) for rx, opts in self.param_groups.items()]
         groups = [{"params": [], **opts} for _, opts in patterns] + [{"params": []}]
         for name, param in named:
@@ -285,4 +344,25 @@ class SeparationModule(L.LightningModule):
                 f"{len(names)} parameter tensor(s) hold NaN/Inf ({', '.join(names[:5])}"
                 f"{' ...' if len(names) > 5 else ''}); the optimisation diverged. The checkpoints already written are "
                 "left as they were. Lower module.optimizer.lr or clip gradients (trainer.gradient_clip_val=...).")
-        checkpoint["mss"] = self.mss_config
+        checkpoint["mss"] = {**self.mss_config, **({"lora": self.lora} if self.lora else {})}
+
+    # -- optimisers with a train / eval mode (schedule-free) ------------------------------------------------------
+    def _optimizer_mode(self, mode: str) -> None:
+        """Call ``optimizer.train()`` / ``.eval()`` on optimisers that have them (``schedulefree``: the parameters
+        are the training iterate in train mode, the averaged weights to evaluate and checkpoint in eval mode)."""
+        trainer = None
+        with contextlib.suppress(RuntimeError):
+            trainer = self.trainer
+        for optimizer in (trainer.optimizers if trainer is not None else []):
+            switch = getattr(optimizer, mode, None)
+            if callable(switch):
+                switch()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._optimizer_mode("train")
+
+    def on_validation_start(self) -> None:
+        self._optimizer_mode("eval")
+
+    def on_train_end(self) -> None:
+        self._optimizer_mode("eval")

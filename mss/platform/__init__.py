@@ -13,6 +13,11 @@ name        fast path                                       fallback (chosen aut
 ``proc``    ``/proc`` (Linux) for resident-set sizes and    ``resource.getrusage``, then ``psutil`` when
             CPU times in the benchmarks:                    installed, else ``None`` (the benchmarks print n/a)
             :mod:`mss.platform.process`
+``threads`` thread counts from the free cores (runnable      every usable core; the OpenMP runtime's own wait
+            threads in ``/proc/loadavg``, else the 1-min     policy (libgomp: spinning)
+            load), ``OMP_WAIT_POLICY=PASSIVE`` set before
+            torch starts, BLAS pools held to the same count:
+            :mod:`mss.platform.threads`
 ==========  ==============================================  =====================================================
 
 Every fallback gives the same results (batches, metrics), only slower. The environment variable
@@ -27,7 +32,7 @@ import functools
 import logging
 import os
 
-NAMES = ("pread", "shm_pool", "glibc", "proc")
+NAMES = ("pread", "shm_pool", "glibc", "proc", "threads")
 ENV = "MSS_DISABLE_FAST_PATHS"
 
 log = logging.getLogger(__name__)

@@ -13,6 +13,8 @@ None of them changes a number; they are what makes the passes fast on a small (v
   frame-wise passes :data:`STREAM_BYTES` at a time, small enough that their temporaries stay in cache.
 * **Threads** (:func:`single_threaded_blas`): the block Schur recursion is ``lags`` steps of small products, for which
   BLAS threads cost more in wake-ups than they save (and stall badly when other processes share the cores).
+  How many threads the passes get in all (torch's pool and BLAS, from the cores free at the call) and the OpenMP
+  wait policy are :mod:`mss.platform.threads`' (``bss_eval_v4`` runs under its ``thread_budget``).
 * **LAPACK directly**: on CPU the dense Cholesky factor is computed in the Gram matrix's own storage by ``potrf`` on
   its column-major view (:func:`cholesky_in_place`; torch's ``cholesky_ex(out=)`` allocates a second matrix), and
   LU solves go through numpy's ``gesv``, what museval calls (:func:`lu_solve`; torch 2.13's CPU batched LU fails after

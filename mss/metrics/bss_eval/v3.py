@@ -22,10 +22,12 @@ import torch
 from mss.metrics.bss_eval.projections import filters, image_metrics
 from mss.metrics.bss_eval.scratch import CHUNK_BYTES, Scratch
 from mss.metrics.bss_eval.v4 import COND_LIMIT, BSSEvalV4, error_estimate, prepare, warn_unreliable
+from mss.platform.threads import thread_budget
 
 __all__ = ["bss_eval_v3"]
 
 
+@thread_budget()  # threads from the free cores (see mss.platform.threads)
 def bss_eval_v3(references, estimates, win: int = 44100, hop: int = 44100, *, filters_len: int = 512,
                 device: str | torch.device | None = None, chunk: int | None = None,
                 cond_limit: float = COND_LIMIT) -> BSSEvalV4:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from mss.metrics.bss_eval.framing import frame_energies, n_frames, safe_db, silent_sources
 from mss.metrics.bss_eval.projections import filters, image_metrics
 from mss.metrics.bss_eval.scratch import CHUNK_BYTES, Scratch
+from mss.platform.threads import thread_budget
 
 __all__ = ["COND_LIMIT", "MAX_ERROR_DB", "BSSEvalV4", "IllConditionedWarning", "SilentSourceError", "bss_eval_v4"]
 
@@ -96,6 +97,7 @@ def _as_stems(x, name: str) -> torch.Tensor:
     return t.permute(0, 2, 1)
 
 
+@thread_budget()  # threads from the free cores (see mss.platform.threads)
 def bss_eval_v4(references, estimates, win: int = 44100, hop: int = 44100, *, filters_len: int = 512,
                 sdr_only: bool = False, device: str | torch.device | None = None, chunk: int | None = None,
                 cond_limit: float = COND_LIMIT) -> BSSEvalV4:
