@@ -89,3 +89,30 @@ def test_bad_arguments_are_clear_errors_and_cis_print_compactly():
     with pytest.raises(ValueError, match="no SIR scores"):
         summary(per_track({"A": base()}), metric="SIR")
     assert format_ci(9.1234, 8.9, 9.4, mark=True) == "9.12 [8.90, 9.40]*" and format_ci(np.nan, 0, 0) == "–"
+
+
+def test_batched_bootstrap_equals_one_scipy_call_per_sample():
+    """The vectorised bootstrap of a results table gives each sample exactly the interval of its own
+    ``scipy.stats.bootstrap`` call (same seed, so the same resampled indices), for both statistics, unequal sizes,
+    NaN, constant and empty samples included."""
+    from scipy import stats as sps
+
+    from mss.report.statistics import bootstrap_cis
+
+    rng = np.random.default_rng(3)
+    samples = [rng.normal(size=40) for _ in range(20)] + [rng.normal(size=31), [np.nan, 1.0, 2.0, 5.0], [2.0] * 5, []]
+    for stat, fn in (("median", np.median), ("mean", np.mean)):
+        batched = bootstrap_cis(samples, stat, resamples=2000, seed=5)
+        for x, (estimate, low, high) in zip(samples, batched):
+            x = np.asarray(x, dtype=float)
+            x = x[np.isfinite(x)]
+            if x.size == 0:
+                assert np.isnan(estimate) and np.isnan(low)
+                continue
+            if np.all(x == x[0]):
+                assert estimate == low == high == x[0]
+                continue
+            ref = sps.bootstrap((x,), lambda a, axis: fn(a, axis=axis), n_resamples=2000, vectorized=True,
+                                method="BCa", rng=np.random.default_rng(5))
+            assert estimate == pytest.approx(fn(x))
+            assert (low, high) == pytest.approx(tuple(ref.confidence_interval), abs=1e-12)
