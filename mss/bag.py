@@ -16,7 +16,6 @@ use it like a single model.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from omegaconf import MISSING
 
 from mss.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from mss.inference.bag import BagOfModels, bag_weights
+from mss.utils import run_structured_cli
 
 __all__ = ["BagConfig", "build_bag", "main"]
 
@@ -63,26 +63,14 @@ class BagConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__.strip())
-        return 0
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(BagConfig), OmegaConf.from_cli(args))
-        if OmegaConf.is_missing(cfg, "ckpt") or OmegaConf.is_missing(cfg, "out"):
-            raise ValueError("ckpt=[a.ckpt,b.ckpt,...] and out=bag.ckpt are required")
-        opts = OmegaConf.to_container(cfg)
+    def action(opts: dict) -> str:
         bag = build_bag(opts["ckpt"], opts["weights"], opts["out"], combine=opts["combine"], domain=opts["domain"],
                         n_fft=opts["n_fft"], hop_length=opts["hop_length"])
-    except (ValueError, CheckpointError, OmegaConfBaseException) as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(f"wrote {opts['out']}: bag of {len(bag.models)} models, sources {bag.sources}, weights "
-          f"{bag.weights.tolist()}, combine {bag.method} ({bag.domain} domain)")
-    return 0
+        return (f"wrote {opts['out']}: bag of {len(bag.models)} models, sources {bag.sources}, weights "
+                f"{bag.weights.tolist()}, combine {bag.method} ({bag.domain} domain)")
+
+    return run_structured_cli(BagConfig, argv, __doc__, "ckpt=[a.ckpt,b.ckpt,...] and out=bag.ckpt are required",
+                              action, (ValueError, CheckpointError))
 
 
 if __name__ == "__main__":

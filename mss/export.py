@@ -10,7 +10,6 @@ Needs ``pip install 'mss[onnx]'``.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from omegaconf import MISSING
 from mss.checkpoint import CheckpointError, load_model
 from mss.inference.export import ExportError, export_onnx
 from mss.pretrained.registry import resolve_checkpoint
+from mss.utils import run_structured_cli
 
 __all__ = ["ExportConfig", "main"]
 
@@ -37,28 +37,17 @@ class ExportConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    def action(opts: dict) -> str:
+        if opts["format"] not in FORMATS:
+            raise ValueError(f"format={opts['format']!r}: expected one of {', '.join(FORMATS)}")
+        net = load_model(resolve_checkpoint(opts["ckpt"]), map_location="cpu")
+        meta = export_onnx(net, opts["out"], opset=opts["opset"], atol=float(opts["atol"]))
+        return (f"wrote {opts['out']}: {meta['family']}, sources {meta['sources']}, {meta['audio_channels']} "
+                f"channels, {meta['sample_rate']} Hz, chunks of {meta['segment_length']} samples; onnxruntime vs "
+                f"PyTorch max abs diff {meta['max_abs_diff']:.2g}")
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__.strip())
-        return 0
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(ExportConfig), OmegaConf.from_cli(args))
-        if OmegaConf.is_missing(cfg, "ckpt") or OmegaConf.is_missing(cfg, "out"):
-            raise ValueError("ckpt=PATH (or a published model name) and out=model.onnx are required")
-        if cfg.format not in FORMATS:
-            raise ValueError(f"format={cfg.format!r}: expected one of {', '.join(FORMATS)}")
-        net = load_model(resolve_checkpoint(cfg.ckpt), map_location="cpu")
-        meta = export_onnx(net, cfg.out, opset=cfg.opset, atol=float(cfg.atol))
-    except (ValueError, CheckpointError, ExportError, FileNotFoundError, OmegaConfBaseException) as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(f"wrote {cfg.out}: {meta['family']}, sources {meta['sources']}, {meta['audio_channels']} channels, "
-          f"{meta['sample_rate']} Hz, chunks of {meta['segment_length']} samples; onnxruntime vs PyTorch max abs "
-          f"diff {meta['max_abs_diff']:.2g}")
-    return 0
+    return run_structured_cli(ExportConfig, argv, __doc__, "ckpt=PATH (or a published model name) and out=model.onnx "
+                              "are required", action, (ValueError, CheckpointError, ExportError, FileNotFoundError))
 
 
 if __name__ == "__main__":

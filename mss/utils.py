@@ -45,3 +45,29 @@ def git_revision(cwd: str | os.PathLike | None = None) -> str:
     if cwd == package and Path(top).resolve() != package.parent:
         return "unknown"
     return sha.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def run_structured_cli(schema: type, argv: list[str] | None, doc: str, required: str,
+                       action: Callable[[dict], str], errors: tuple[type[BaseException], ...] = (ValueError,)) -> int:
+    """A ``key=value`` command line with the dataclass ``schema`` (``mss.bag``, ``mss.export``): ``-h`` prints
+    ``doc``; a missing required key prints ``error: <required>``, an unknown key or an ``errors`` exception raised by
+    ``action(options)`` prints its first line; those return 2. Otherwise prints what ``action`` returns, returns 0."""
+    import sys
+
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(doc.strip())
+        return 0
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_cli(args))
+        if any(OmegaConf.is_missing(cfg, key) for key in cfg):
+            raise ValueError(required)
+        message = action(OmegaConf.to_container(cfg))
+    except (*errors, OmegaConfBaseException) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(message)
+    return 0

@@ -15,8 +15,15 @@ import pytest
 import torch
 from scipy.signal import butter, lfilter, sosfilt
 
-from mss.metrics import (IllConditionedWarning, TrackScores, bss_eval_v3, bss_eval_v4, evaluate_track, frame_sdr,
-                         n_frames)
+from mss.metrics import (
+    IllConditionedWarning,
+    TrackScores,
+    bss_eval_v3,
+    bss_eval_v4,
+    evaluate_track,
+    frame_sdr,
+    n_frames,
+)
 from mss.metrics.bss_eval import correlations, projections, toeplitz, v4
 
 SR = 8000

@@ -30,7 +30,8 @@ ALLOWED: dict[str, set[str]] = {
     "lightning": {"models", "losses", "metrics", "inference", "augment", "data", "checkpoint", "audio"},
     "pretrained": {"checkpoint", "models", "inference"},
 }
-ENTRY_POINTS = {"__init__", "train", "evaluate", "separate", "results", "bag", "export", "run", "ddp"}  # may import anything
+# may import anything
+ENTRY_POINTS = {"__init__", "train", "evaluate", "separate", "results", "bag", "export", "run", "ddp"}
 # third-party packages a room must not import: nets know nothing of Lightning, Hydra, configs or files
 FORBIDDEN = {
     "models": {"lightning", "hydra", "omegaconf", "soundfile"},

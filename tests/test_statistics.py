@@ -112,7 +112,7 @@ def test_batched_bootstrap_equals_one_scipy_call_per_sample():
             if np.all(x == x[0]):
                 assert estimate == low == high == x[0]
                 continue
-            ref = sps.bootstrap((x,), lambda a, axis: fn(a, axis=axis), n_resamples=2000, vectorized=True,
+            ref = sps.bootstrap((x,), lambda a, axis, fn=fn: fn(a, axis=axis), n_resamples=2000, vectorized=True,
                                 method="BCa", rng=np.random.default_rng(5))
             assert estimate == pytest.approx(fn(x))
             assert (low, high) == pytest.approx(tuple(ref.confidence_interval), abs=1e-12)

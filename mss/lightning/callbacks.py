@@ -5,7 +5,8 @@
 validation tracks at each validation. The best candidate of that validation (the raw weights or an EMA) is
 published as ``val/best`` and ``val/best/<metric>`` (``val/best/nsdr`` for the default ``monitor.metric``) and its
 weights are what the checkpoints written then hold in ``state_dict`` (the raw weights travel as
-``current_model_state`` for resuming). ``ModelCheckpoint`` monitoring ``val/best`` (``callbacks=ema_multi``) therefore keeps the best state over all epochs and all averages, and
+``current_model_state`` for resuming). ``ModelCheckpoint`` monitoring ``val/best`` (``callbacks=ema_multi``)
+therefore keeps the best state over all epochs and all averages, and
 ``mss.load_model`` / ``mss.evaluate`` read it like any checkpoint.
 """
 

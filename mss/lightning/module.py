@@ -3,7 +3,8 @@
 It owns what is not the network's business: augmentation on the training device, forming the mixture, the loss and
 per-source weights, optimiser/scheduler (Hydra ``_partial_`` factories), whole-track validation with overlap-add
 inference reporting ``val/nsdr`` (mean) and ``val/nsdr/<source>``, ``val/loss``, the museval-v4 ``val/sdr[/<source>]``
-(median of track medians) and the other ``module.val_metrics`` (:mod:`mss.lightning.validation`), and the resolved config stored in every
+(median of track medians) and the other ``module.val_metrics`` (:mod:`mss.lightning.validation`), and the resolved
+config stored in every
 checkpoint so :func:`mss.load_model` can rebuild the network with no other input. EMA of the weights is Lightning's
 ``EMAWeightAveraging`` callback (``callbacks=ema``): it is validated and checkpointed in place of the raw weights.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import re
 from collections.abc import Callable
 from typing import Any

@@ -1,5 +1,5 @@
-"""Separation metrics: BSS Eval v4 and v3 (exact, fast re-implementations of museval), whole-signal nSDR / SI-SDR, per-frame
-SDR, per-track scores in museval's JSON format and their aggregation.
+"""Separation metrics: BSS Eval v4 and v3 (exact, fast re-implementations of museval), whole-signal nSDR / SI-SDR,
+per-frame SDR, per-track scores in museval's JSON format and their aggregation.
 
 museval is imported lazily (only by ``evaluate_track(..., backend="museval")``), so importing this package is cheap
 and does not need ffmpeg. This package knows nothing about models or Lightning.

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["bootstrap_ci", "bootstrap_cis", "format_ci", "holm", "paired", "paired_cells", "seed_rows", "summary", "summary_cells"]
+__all__ = ["bootstrap_ci", "bootstrap_cis", "format_ci", "holm", "paired", "paired_cells", "seed_rows", "summary",
+           "summary_cells"]
 
 STATS = ("median", "mean")
 METHODS = ("BCa", "percentile")

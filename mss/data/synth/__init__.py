@@ -65,5 +65,6 @@ from mss.data.synth.writer import (
 
 __all__ = [
     "DURATION", "FORMAT_VERSION", "KNOWN_SOURCES", "MANIFEST", "MIN_DURATION", "MUSDB_SOURCES", "N_TEST", "N_TRAIN",
-    "N_VALID", "SEED", "SynthConfig", "VALID_LIST", "generate", "main", "read_manifest", "check_panned_mono", "render_track", "track_names",
+    "N_VALID", "SEED", "SynthConfig", "VALID_LIST", "check_panned_mono", "generate", "main", "read_manifest",
+    "render_track", "track_names",
 ]

@@ -25,7 +25,8 @@ Everything runs on the device of the inputs (CPU or CUDA).
 
 BSS Eval v3 (:func:`bss_eval_v3`, ``museval.evaluate(..., mode='v3')``) solves the same projection in every frame.
 
-Modules: :mod:`~mss.metrics.bss_eval.v4` (the driver, :func:`bss_eval_v4`), :mod:`~mss.metrics.bss_eval.v3`, :mod:`~mss.metrics.bss_eval.framing`
+Modules: :mod:`~mss.metrics.bss_eval.v4` (the driver, :func:`bss_eval_v4`), :mod:`~mss.metrics.bss_eval.v3`,
+:mod:`~mss.metrics.bss_eval.framing`
 (museval's framing, frame energies, silence rule, :func:`frame_sdr`), :mod:`~mss.metrics.bss_eval.correlations` (the
 block FFT correlation pass), :mod:`~mss.metrics.bss_eval.toeplitz` (the Gram matrix: assembly, block Toeplitz
 product, Schur factor, solves, eigenvalue estimates), :mod:`~mss.metrics.bss_eval.projections` (distortion filters,

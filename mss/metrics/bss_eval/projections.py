@@ -59,8 +59,9 @@ def filters(refs: torch.Tensor, ests: torch.Tensor, lags: int, cond_limit: float
         refs, ests: ``(S, C, T)``.
 
     Returns:
-        ``(c_all, c_own, cond, copies, rel)``: ``c_all (S, C, L, S, C)`` = filters ``[j, c_in, lag, e, c_out]`` projecting
-        estimate ``e`` on all references; ``c_own (S, C, L, C)`` = ``[e, c_in, lag, c_out]`` on its own reference;
+        ``(c_all, c_own, cond, copies, rel)``: ``c_all (S, C, L, S, C)`` = filters ``[j, c_in, lag, e, c_out]``
+        projecting estimate ``e`` on all references; ``c_own (S, C, L, C)`` = ``[e, c_in, lag, c_out]`` on its own
+        reference;
         ``cond`` the condition-number estimate of the (reduced) Gram matrix (``inf`` when a Cholesky factorisation
         failed); ``copies`` the left-out channels of each source; ``rel (S,)`` an a-posteriori bound on the relative
         rounding error of each estimate's projection (from the residual of its normal equations).
