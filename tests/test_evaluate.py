@@ -149,9 +149,13 @@ def test_bss_eval_v3_is_selectable(small_root, tmp_path):
     refs, est = (np.stack([sf.read(folder / f"{s}.wav", dtype="float32")[0] for s in ("vocals", "accompaniment")])
                  for folder in (track, tmp_path / "estimates" / track.name))
     sr = sf.info(str(track / "vocals.wav")).samplerate
-    expected = np.nanmedian(bss_eval_v3(refs, est, sr, sr).sir.numpy(), axis=1).tolist()
+    result = bss_eval_v3(refs, est, sr, sr)
+    expected = np.nanmedian(result.sir.numpy(), axis=1).tolist()
+    # a frame of this track where a source starts is not numerically positive definite (flagged unbounded, solved by
+    # LU like museval): its ISR/SIR/SAR depend on the LU's rounding, so on the BLAS thread count of each process
+    assert not result.reliable and math.isinf(result.cond)
     assert [info["whole_track"]["SIR-v3"][s] for s in ("vocals", "accompaniment")] == pytest.approx(expected,
-                                                                                                    abs=1e-6)
+                                                                                                    abs=0.1)
 
 
 def test_second_run_with_another_metric_reuses_the_estimates(small_root, tmp_path, monkeypatch):
