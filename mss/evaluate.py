@@ -157,6 +157,9 @@ def _process(net, item, sources, sample_rate, cfg, out, device, metrics_device, 
     nsdrs = dict(zip(sources, nsdr(item["stems"], est).tolist()))
     whole = whole_track_scores(check_metrics(cfg.get("metrics") or ALWAYS), item["stems"], est, sources,
                                sample_rate, float(cfg.win), float(cfg.hop))
+    absent = [s for s, here in zip(sources, item.get("present", [True] * len(sources))) if not here]
+    for scores in (nsdrs, *(whole or {}).values()):  # a source the track lacks has no score (BSS Eval: NaN frames)
+        scores.update(dict.fromkeys(absent))
     args = (item["stems"], est, item["name"], sources, sample_rate, OmegaConf.to_container(cfg), out, nsdrs,
             metrics_device, whole)
     return pool.submit(_score, *args) if pool is not None else _score(*args)

@@ -203,10 +203,15 @@ class RemixBatch(Augmentation):
             raise ValueError(f"augment RemixBatch.group_size={group_size}: must be >= 1")
         self.proba, self.group_size = proba, int(group_size)
 
-    def forward(self, stems: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    moves_stems = True  # stems change examples: Compose moves their presence (missing stems) along
+
+    def forward(self, stems: Tensor, generator: torch.Generator | None = None, present: Tensor | None = None
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        """``present`` (``(B, S)`` bool, optional): which stems exist (missing stems); permuted with the stems and
+        returned as ``(stems, present)``."""
         _check_stems(stems)
         if not self.training:
-            return stems
+            return stems if present is None else (stems, present)
         B, S, C, T = stems.shape
         g = self.group_size
         if B % g:
@@ -217,7 +222,10 @@ class RemixBatch(Augmentation):
         keep = (_rand((n, 1, 1), generator, stems.device) >= self.proba) | ~self.mask(stems)
         perm = torch.where(keep, torch.arange(g, device=stems.device)[None, :, None], perm)
         grouped = stems.reshape(n, g, S, C, T)
-        return grouped.gather(1, perm[..., None, None].expand(n, g, S, C, T)).reshape(B, S, C, T)
+        out = grouped.gather(1, perm[..., None, None].expand(n, g, S, C, T)).reshape(B, S, C, T)
+        if present is None:
+            return out
+        return out, present.reshape(n, g, S).gather(1, perm.to(present.device)).reshape(B, S)
 
 
 class Compose(nn.Module):
@@ -237,7 +245,14 @@ class Compose(nn.Module):
             if isinstance(t, Augmentation):
                 t.bind(list(sources))
 
-    def forward(self, stems: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, stems: Tensor, generator: torch.Generator | None = None, present: Tensor | None = None
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        """``present`` (``(B, S)`` bool, missing stems): carried through the augmentations that move stems between
+        examples (:class:`RemixBatch`) and returned as ``(stems, present)``; the others keep presence as it is (a
+        :class:`Silence`-d stem stays a present, silent target)."""
         for t in self.transforms.values():
-            stems = t(stems, generator) if isinstance(t, Augmentation) else t(stems)
-        return stems
+            if present is not None and getattr(t, "moves_stems", False):
+                stems, present = t(stems, generator, present=present)
+            else:
+                stems = t(stems, generator) if isinstance(t, Augmentation) else t(stems)
+        return stems if present is None else (stems, present)

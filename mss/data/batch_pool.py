@@ -81,7 +81,9 @@ def collate(batch):
     """The DataLoader's ``collate_fn``: a batch already built by :meth:`SeededDataset.__getitems__` passes
     through (inside a worker, wrapped in :class:`PooledBatch` when it lies in a pooled storage, so that the main
     process releases the storage when done with it; the main process receives the plain tensor), anything else
-    goes to torch's default collate."""
+    goes to torch's default collate. A ``{"stems", "present"}`` batch passes through likewise (its stems pooled)."""
+    if isinstance(batch, dict) and isinstance(batch.get("stems"), torch.Tensor) and batch["stems"].dim() == 4:
+        return {**batch, "stems": collate(batch["stems"])}
     if not isinstance(batch, torch.Tensor):
         return default_collate(batch)
     pooled = any(s.data_ptr() == batch.untyped_storage().data_ptr() for s, _ in _pool)

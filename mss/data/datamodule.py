@@ -64,6 +64,9 @@ class MSSDataModule(L.LightningDataModule):
             example, in the loader workers; the top-level ``effects`` node of ``augment=codec_effects``).
         segment_margin: seconds read beyond ``segment`` for batch augmentations that shorten the excerpt (the
             ``Shift`` of ``augment=demucs``), so the network still trains on ``segment`` seconds.
+        missing_stems: ``error`` (every track must have every source) or ``allow``: tracks may lack sources, which
+            read as silence and are marked absent (training batches become ``{"stems", "present"}``; the loss skips
+            absent targets unless ``module.missing_stems=silence``; metrics skip them).
         batch_pool: loader workers write training batches into a pool of reused shared-memory buffers (see
             :mod:`mss.data.batch_pool`); only with ``num_workers > 0``, and only where torch can share memory (else
             plain tensors, logged once: :mod:`mss.platform.shm`).
@@ -76,7 +79,7 @@ class MSSDataModule(L.LightningDataModule):
                  aggregates: dict[str, list[str]] | None = None, convert: bool = False,
                  cache_dir: str = "~/.cache/mss", synth: dict | None = None, pin_memory: bool = False,
                  seed: int | None = None, repitch=None, segment_margin: float = 0.0, batch_pool: bool = True,
-                 effects=None):
+                 effects=None, missing_stems: str = "error"):
         super().__init__()
         if format not in FORMATS:
             raise ValueError(f"data.format={format!r}: expected one of {FORMATS}")
@@ -92,7 +95,7 @@ class MSSDataModule(L.LightningDataModule):
         self.aggregates, self.convert, self.pin_memory = dict(aggregates or {}), convert, pin_memory
         self.cache_dir = Path(os.path.expanduser(cache_dir))
         self.repitch, self.segment_margin, self.effects = repitch, float(segment_margin), effects
-        self.batch_pool = bool(batch_pool)
+        self.batch_pool, self.missing_stems = bool(batch_pool), missing_stems
         self.synth = dict(synth) if synth is not None else None
         self.root = Path(root).expanduser() if root is not None else self._synth_root()
         self._generate = self.synth is not None and (root is None or any(self.synth.get(k) for k in SYNTH_FLAGS))
@@ -169,7 +172,7 @@ class MSSDataModule(L.LightningDataModule):
         return find_tracks(self.wav_root / subset, self.sources, sample_rate=self.sample_rate,
                            channels=self.channels, aggregates=self.aggregates,
                            extension="wav" if self.format == "stems" else self.format, convert=self.convert,
-                           cache_dir=self.cache_dir)
+                           cache_dir=self.cache_dir, missing=self.missing_stems)
 
     def setup(self, stage: str | None = None) -> None:
         self._require_root()
@@ -244,6 +247,8 @@ class MSSDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """int16 training batches (see :meth:`int16_batches`) become float32 on the device; the rest passes."""
+        if isinstance(batch, dict) and "present" in batch and isinstance(batch.get("stems"), torch.Tensor):
+            return {**batch, "stems": self.on_after_batch_transfer(batch["stems"], dataloader_idx)}
         if isinstance(batch, torch.Tensor) and batch.dtype == torch.int16:
             return batch.float().mul_(1 / 32768)
         return batch

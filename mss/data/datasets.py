@@ -5,7 +5,12 @@
   :class:`mss.augment.repitch.Repitch`) some examples get the same pitch/tempo change on every stem, here in the
   data-loader workers, still exactly ``T`` samples long; with ``effects`` (a :class:`mss.augment.effects.Effects`)
   codec round trips, filters, reverb... then apply to the example, also in the workers (same shape and alignment).
-- :class:`TrackDataset`: whole tracks for validation/test: ``{"name", "mixture": (C, T), "stems": (S, C, T)}``.
+- :class:`TrackDataset`: whole tracks for validation/test: ``{"name", "mixture": (C, T), "stems": (S, C, T),
+  "present": (S,)}``.
+
+Tracks may lack sources (``data.missing_stems=allow``: :meth:`mss.data.tracks.Track.present`). Then a training item
+is ``{"stems": (S, C, T), "present": (S,) bool}`` (an absent stem reads as zeros and is marked absent, for the
+loss to skip it), and batches ``{"stems": (B, S, C, T), "present": (B, S)}``; otherwise plain stems tensors.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class SegmentDataset(Dataset):
         self.tracks, self.sources, self.segment = tracks, list(sources), int(segment)
         self.samples_per_epoch, self.random_tracks, self.repitch = int(samples_per_epoch), random_tracks, repitch
         self.load_kw = dict(channels=channels, sample_rate=sample_rate, convert=convert)
+        self.with_presence = any(not t.present(s) for t in tracks for s in self.sources)
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -52,9 +58,12 @@ class SegmentDataset(Dataset):
         """``(S, C, T)`` of every item."""
         return len(self.sources), self.load_kw["channels"], self.segment
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        """Stems ``(S, C, T)`` with T = segment."""
-        return self.read(index)
+    def __getitem__(self, index: int) -> torch.Tensor | dict:
+        """Stems ``(S, C, T)`` with T = segment; with :attr:`with_presence` ``{"stems", "present": (S,) bool}``."""
+        if not self.with_presence:
+            return self.read(index)
+        present = torch.empty(len(self.sources), dtype=torch.bool)
+        return {"stems": self.read(index, present=present), "present": present}
 
     def _draw(self, index: int) -> tuple[tuple[float, float] | None, int, list[Track], list[int]]:
         """The random choices of item ``index``: ``(repitch change or None, frames read, track of each source,
@@ -69,10 +78,14 @@ class SegmentDataset(Dataset):
             picks, starts = [track] * len(self.sources), [self._start(track, frames)] * len(self.sources)
         return change, frames, picks, starts
 
-    def read(self, index: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    def read(self, index: int, out: torch.Tensor | None = None, present: torch.Tensor | None = None
+             ) -> torch.Tensor:
         """Item ``index``, written into ``out`` (``(S, C, T)`` of :attr:`item_dtype`, e.g. a row of a shared-memory
-        batch) when given: every stem is read straight into its row (no per-stem tensors, no stacking copy)."""
+        batch) when given: every stem is read straight into its row (no per-stem tensors, no stacking copy). The
+        presence of each source (``(S,)`` bool) is written into ``present`` when given."""
         change, frames, picks, starts = self._draw(index)
+        if present is not None:
+            present.copy_(torch.tensor([t.present(s) for t, s in zip(picks, self.sources)]))
         direct = out is not None and change is None and self.effects is None
         stems = out if direct else torch.empty(*self.item_shape[:2], frames, dtype=self.item_dtype)
         for row, track, source, start in zip(stems, picks, self.sources, starts):
@@ -108,7 +121,8 @@ class SegmentDataset(Dataset):
 
 
 class TrackDataset(Dataset):
-    """Whole tracks: ``{"name": str, "mixture": (C, T), "stems": (S, C, T)}``."""
+    """Whole tracks: ``{"name": str, "mixture": (C, T), "stems": (S, C, T), "present": (S,) bool}`` (an absent
+    source's stem is zeros and ``present`` False: metrics skip it)."""
 
     def __init__(self, tracks: list[Track], sources: list[str], *, channels: int, sample_rate: int,
                  convert: bool = False):
@@ -121,5 +135,6 @@ class TrackDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         track = self.tracks[index]
         stems = torch.stack([track.read_source(s, **self.load_kw) for s in self.sources])
-        return {"name": track.name, "mixture": track.read_mixture(**self.load_kw), "stems": stems}
+        present = torch.tensor([track.present(s) for s in self.sources])
+        return {"name": track.name, "mixture": track.read_mixture(**self.load_kw), "stems": stems, "present": present}
 

@@ -74,7 +74,8 @@ class SeededDataset(Dataset):
     when the wrapped dataset has ``item_shape`` and ``read(index, out)``, one ``(B, *item_shape)`` tensor is
     allocated (in shared memory inside a loader worker, where the default collate would have copied the items to;
     from the workers' pool of reused storages when ``pool``, see :func:`empty_batch`) and every example is read
-    straight into its row; :func:`collate` passes it through."""
+    straight into its row; :func:`collate` passes it through. A dataset whose items carry source presence
+    (``with_presence``) gives ``{"stems": (B, *item_shape), "present": (B, S)}``."""
 
     def __init__(self, dataset: Dataset, pool: bool = True):
         self.dataset, self.pool = dataset, pool
@@ -94,10 +95,12 @@ class SeededDataset(Dataset):
         if shape is None or not all(isinstance(item, tuple) for item in items):
             return [self[item] for item in items]
         batch = empty_batch((len(items), *shape), getattr(self.dataset, "item_dtype", torch.float32), self.pool)
-        for row, (index, seed) in zip(batch, items):
+        present = torch.empty(len(items), shape[0], dtype=torch.bool) if getattr(
+            self.dataset, "with_presence", False) else None
+        for i, (row, (index, seed)) in enumerate(zip(batch, items)):
             with _seeded(seed):
-                self.dataset.read(index, out=row)  # type: ignore[attr-defined]
-        return batch
+                self.dataset.read(index, out=row, present=None if present is None else present[i])  # type: ignore
+        return batch if present is None else {"stems": batch, "present": present}
 
     def describe(self, item: tuple[int, int]) -> str:
         """Where example ``(index, seed)`` comes from (the wrapped dataset's ``describe``, in the same seeded

@@ -6,7 +6,10 @@ Layout read here (MUSDB18-HQ, also what :mod:`mss.data.synth` writes)::
     root/<subset>/<track>/mixture.wav          (optional; otherwise the sum of the stems)
     root/<subset>/<track>/<source>.wav         one file per source in ``data.sources``
 
-A source without its own file may be an *aggregate* of others (``accompaniment = drums + bass + other``).
+A source without its own file may be an *aggregate* of others (``accompaniment = drums + bass + other``). With
+``missing="allow"`` a track may also lack a source altogether (common in MoisesDB and in-house multitracks): its
+``Track.sources[source]`` is ``()``, it reads as silence, and :meth:`Track.present` says it is absent, so that the
+loss and the metrics can skip it instead of treating it as a silent target.
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ class Track:
     mean: float
     std: float
 
+    def present(self, source: str) -> bool:
+        """Whether the track has audio for ``source`` (an absent source reads as zeros)."""
+        return bool(self.sources[source])
+
     def read_source(self, source: str, *, start: int = 0, frames: int = -1, channels: int | None = None,
                     sample_rate: int | None = None, convert: bool = False, out: torch.Tensor | None = None
                     ) -> torch.Tensor:
@@ -56,12 +63,26 @@ class Track:
         (:func:`mss.audio.io.load_audio` with ``out``), which is what the training loader uses."""
         if out is not None:
             return self._read_into(source, start, out, channels, sample_rate, convert)
+        if not self.sources[source]:
+            return self._silence(start, frames, channels, sample_rate)
         parts = [load_audio(f, start=start, frames=frames, channels=channels, sample_rate=sample_rate,
                             convert=convert) for f in self.sources[source]]
         return parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
 
+    def _silence(self, start: int, frames: int, channels: int | None, sample_rate: int | None) -> torch.Tensor:
+        """Zeros ``(C, frames)`` for an absent source (``frames=-1``: to the end of the track, as a file read)."""
+        if frames < 0:
+            length = self.length if sample_rate in (None, self.sample_rate) else round(
+                self.length * sample_rate / self.sample_rate)
+            frames = max(0, length - start)
+        if channels is None:
+            channels = audio_info(next(f for fs in self.sources.values() for f in fs)).channels
+        return torch.zeros(channels, frames)
+
     def _read_into(self, source, start, out, channels, sample_rate, convert) -> torch.Tensor:
         files = self.sources[source]
+        if not files:
+            return out.zero_()
         if out.dtype == torch.int16 and len(files) > 1:
             raise ValueError(f"source '{source}' of track '{self.name}' sums {len(files)} files: int16 output "
                              "would overflow, read it as float32")
@@ -76,7 +97,10 @@ class Track:
         """``(C, T)`` mixture: the mixture file when the track has one, else the sum of the sources."""
         if self.mixture is not None:
             return load_audio(self.mixture, **kw)
-        return torch.stack([self.read_source(s, **kw) for s in self.sources]).sum(0)
+        present = [s for s in self.sources if self.sources[s]]
+        if not present:
+            raise DatasetError(f"track '{self.name}' has no mixture file and none of its sources")
+        return torch.stack([self.read_source(s, **kw) for s in present]).sum(0)
 
 
 def _listing_key(folder: Path, files: list[Path], extra: dict) -> str:
@@ -98,6 +122,7 @@ def find_tracks(
     extension: str = "wav",
     convert: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    missing: str = "error",
 ) -> list[Track]:
     """List and validate the tracks of ``folder`` (one sub-folder per track).
 
@@ -107,7 +132,11 @@ def find_tracks(
     resampled/converted on load with a warning. Mixture mean/std are computed once and cached in
     ``cache_dir/metadata/<hash of the listing>.json``; that pass also reads every float file in full, so a NaN/Inf
     sample anywhere is an error naming the file and sample before any training (integer PCM cannot hold one).
+    ``missing="allow"`` (``data.missing_stems``) accepts tracks that lack some sources (read as silence and marked
+    absent, see :meth:`Track.present`); ``"error"`` (default) names the first missing file.
     """
+    if missing not in MISSING:
+        raise ValueError(f"data.missing_stems={missing!r}: expected one of {MISSING}")
     folder = Path(folder).expanduser()
     aggregates = dict(aggregates or {})
     if not folder.is_dir():
@@ -118,18 +147,24 @@ def find_tracks(
                            f"{','.join(sources)}}}.{extension}")
     files = sorted(p for d in track_dirs for p in d.glob(f"*.{extension}"))
     key = _listing_key(folder, files, {"v": METADATA_VERSION, "sources": sources, "aggregates": aggregates,
-                                       "sr": sample_rate, "channels": channels, "convert": convert})
+                                       "sr": sample_rate, "channels": channels, "convert": convert,
+                                       "missing": missing})
     cache = Path(cache_dir).expanduser() / "metadata" / f"{key}.json" if cache_dir else None
     if cache is not None and cache.is_file():
         return [Track(**{**t, "sources": {k: tuple(v) for k, v in t["sources"].items()}})
                 for t in json.loads(cache.read_text())["tracks"]]
-    tracks = [_scan_track(d, sources, aggregates, extension, sample_rate, channels, convert) for d in track_dirs]
+    tracks = [_scan_track(d, sources, aggregates, extension, sample_rate, channels, convert, missing)
+              for d in track_dirs]
     if cache is not None:
         atomic_write_text(cache, json.dumps({"folder": str(folder), "tracks": [asdict(t) for t in tracks]}))
     return tracks
 
 
-def _scan_track(folder: Path, sources, aggregates, extension, sample_rate, channels, convert) -> Track:
+MISSING = ("error", "allow")
+
+
+def _scan_track(folder: Path, sources, aggregates, extension, sample_rate, channels, convert,
+                missing: str = "error") -> Track:
     resolved: dict[str, tuple[str, ...]] = {}
     for source in sources:
         own = folder / f"{source}.{extension}"
@@ -138,11 +173,16 @@ def _scan_track(folder: Path, sources, aggregates, extension, sample_rate, chann
             resolved[source] = (str(own),)
         elif parts and all(p.is_file() for p in parts):
             resolved[source] = tuple(map(str, parts))
+        elif missing == "allow":
+            resolved[source] = ()
         else:
             how = f" or all of {[p.name for p in parts]}" if parts else ""
-            raise DatasetError(f"{own}: missing stem file for source '{source}'{how} in track '{folder.name}'")
+            raise DatasetError(f"{own}: missing stem file for source '{source}'{how} in track '{folder.name}' (set "
+                               "data.missing_stems=allow to train on tracks that lack some sources)")
     mixture = folder / f"mixture.{extension}"
     every = [Path(f) for fs in resolved.values() for f in fs] + ([mixture] if mixture.is_file() else [])
+    if not any(resolved.values()):
+        raise DatasetError(f"{folder}: track '{folder.name}' has none of the sources {list(sources)}")
     infos = [audio_info(f) for f in every]
     for info in infos:
         if not convert and info.sample_rate != sample_rate:

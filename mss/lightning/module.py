@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from mss.inference.overlap_add import apply_model
-from mss.lightning.validation import MEDIAN_KEYS, aggregate, check_val_metrics, track_scores
+from mss.lightning.validation import aggregate, check_val_metrics, track_scores
 
 log = logging.getLogger("mss.lightning")
 
@@ -75,9 +76,13 @@ class SeparationModule(L.LightningModule):
                  mss_config: dict | None = None, init_checkpoint: str | None = None,
                  init_checkpoint_strict: bool = True, param_groups: dict[str, dict] | None = None,
                  unlabeled: dict | None = None, finetune: dict | None = None,
-                 val_metrics: list[str] | tuple[str, ...] | None = ("sdr",)):
+                 val_metrics: list[str] | tuple[str, ...] | None = ("sdr",), missing_stems: str = "ignore"):
         super().__init__()
         self.val_metrics = check_val_metrics(val_metrics)
+        if missing_stems not in ("ignore", "silence"):
+            raise ValueError(f"module.missing_stems={missing_stems!r}: expected 'ignore' (absent targets are left out "
+                             "of the loss) or 'silence' (trained toward silence)")
+        self.missing_stems = missing_stems
         self.net, self.loss, self.augment = net, loss, augment
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.scheduler_interval, self.scheduler_monitor = scheduler_interval, scheduler_monitor
@@ -157,10 +162,16 @@ class SeparationModule(L.LightningModule):
         return self.net(mix)
 
     # -- training ---------------------------------------------------------------------------------------------
-    def training_step(self, stems: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: torch.Tensor | dict, batch_idx: int) -> torch.Tensor:
+        """``batch``: stems ``(B, S, C, T)``, or ``{"stems", "present": (B, S) bool}`` from a dataset whose tracks
+        lack some sources (``data.missing_stems=allow``)."""
+        stems, present = (batch["stems"], batch["present"]) if isinstance(batch, dict) else (batch, None)
         if self.augment is not None:
-            stems = self.augment(stems)
-        loss = self._supervised_loss(stems)
+            if present is None:
+                stems = self.augment(stems)
+            else:  # augmentations that move stems between examples move their presence along
+                stems, present = self.augment(stems, present=present)
+        loss = self._supervised_loss(stems, present)
         self._check_finite(loss, batch_idx)
         if self.automatic_optimization:
             return loss
@@ -172,10 +183,22 @@ class SeparationModule(L.LightningModule):
             self._manual_step(extra, self._unlabeled_loss(stems.detach()))
         return loss.detach()
 
-    def _supervised_loss(self, stems: torch.Tensor) -> torch.Tensor:
+    def _supervised_loss(self, stems: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """The weighted per-source loss. With ``present`` (``(B, S)`` bool) and ``missing_stems="ignore"`` each
+        source's loss is the mean over the examples that have it (the loss is evaluated per example; an absent
+        target contributes neither value nor gradient) and a source absent from the whole batch drops out of the
+        weighted mean; ``missing_stems="silence"`` trains absent targets toward silence like any silent stem."""
         estimates = self.net(stems.sum(dim=1))
-        per_source = self.loss(estimates, stems)
-        loss = (per_source * self.source_weights).sum() / self.source_weights.sum()
+        weights = self.source_weights
+        if present is None or self.missing_stems == "silence" or bool(present.all()):
+            per_source = self.loss(estimates, stems)
+        else:
+            per_example = torch.stack([self.loss(estimates[b:b + 1], stems[b:b + 1]) for b in range(len(stems))])
+            mask = present.to(per_example.dtype)
+            count = mask.sum(0)
+            per_source = (per_example * mask).sum(0) / count.clamp(min=1)
+            weights = weights * (count > 0)
+        loss = (per_source * weights).sum() / weights.sum().clamp(min=1e-12)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=stems.shape[0],
                  sync_dist=True)  # the global batch's loss under DDP
         for name, value in zip(self.sources, per_source.detach()):
@@ -269,18 +292,18 @@ class SeparationModule(L.LightningModule):
         return apply_model(self.net, mix, **kw)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        # tracks are split across DDP ranks; sync_dist makes each mean-type value the mean over all tracks of all
-        # ranks; median-type values (museval frame metrics) are gathered at the epoch's end
+        # tracks are split across DDP ranks: per-track scores are gathered at the epoch's end and aggregated over all
+        # tracks of all ranks (median or mean, see aggregate); a source the track lacks (batch["present"]) scores
+        # NaN there, which every aggregate skips (museval's rule for a silent reference)
         estimates = self.separate(batch["mixture"])
+        present = batch["present"][0] if "present" in batch else None
         for key, value in self.track_scores(batch["stems"][0], estimates[0]).items():
-            if key in MEDIAN_KEYS:
-                self._val_tracks.setdefault(key, []).append(value)
-            elif key == "loss":
+            if key == "loss":
                 self.log("val/loss", value, batch_size=1, sync_dist=True)
-            else:
-                for name, v in zip(self.sources, value):
-                    self.log(f"val/{key}/{name}", v, batch_size=1, sync_dist=True)
-                self.log(f"val/{key}", value.mean(), prog_bar=key == "nsdr", batch_size=1, sync_dist=True)
+                continue
+            if present is not None:
+                value = value.masked_fill(~present.to(value.device), math.nan)
+            self._val_tracks.setdefault(key, []).append(value)
 
     def track_scores(self, stems: torch.Tensor, estimates: torch.Tensor) -> dict[str, torch.Tensor]:
         """``module.val_metrics`` of one track's ``(S, C, T)`` stems and estimates (``{key: (S,)}``)."""
@@ -290,15 +313,16 @@ class SeparationModule(L.LightningModule):
         self._val_tracks: dict[str, list[torch.Tensor]] = {}
 
     def on_validation_epoch_end(self) -> None:
-        """``val/sdr[/<source>]`` and the other museval frame metrics: median over all tracks (of all ranks) of the
-        track medians, mean over sources — the SiSEC18 headline numbers of ``mss.evaluate``, from the validation
-        tracks."""
+        """``val/<key>[/<source>]`` over all validation tracks of all ranks: for ``val/sdr`` and the other museval
+        frame metrics the median of the track medians (the SiSEC18 headline numbers of ``mss.evaluate``), for
+        ``val/nsdr`` and the whole-track metrics the mean over tracks; then the mean over sources. Tracks lacking a
+        source are skipped for it."""
         for key, values in getattr(self, "_val_tracks", {}).items():
             tracks = self.all_gather(torch.stack(values)).reshape(-1, len(self.sources))
             medians = aggregate(key, tracks)
             for name, value in zip(self.sources, medians):
                 self.log(f"val/{key}/{name}", value.float(), batch_size=1)
-            self.log(f"val/{key}", medians.nanmean().float(), batch_size=1)
+            self.log(f"val/{key}", medians.nanmean().float(), prog_bar=key == "nsdr", batch_size=1)
         self._val_tracks = {}
 
     # -- optimisation and checkpoints ---------------------------------------------------------------------------

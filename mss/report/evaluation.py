@@ -4,6 +4,8 @@ table (Markdown, CSV, LaTeX), ``per_track.csv``, the box plot and per-track bars
 
 from __future__ import annotations
 
+import math
+
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,7 +39,7 @@ def write_evaluation(out: str | os.PathLike, frames: pd.DataFrame, nsdrs: Mappin
     """
     out = Path(out)
     table = results_table(aggregate([frames]), sources,
-                          extra={f"{label} (mean)": {s: sum(v) / len(v) for s, v in values.items()}
+                          extra={f"{label} (mean)": {s: _mean(v) for s, v in values.items()}
                                  for label, values in {"nSDR": nsdrs, **(whole_track or {})}.items()})
     write_results(table, out, title=title, note=CONVENTION_NOTE + (f" {note}" if note else ""))
     per_track = track_medians([frames])
@@ -50,6 +52,12 @@ def write_evaluation(out: str | os.PathLike, frames: pd.DataFrame, nsdrs: Mappin
                                                         estimates=out / "estimates"))
     print_table(table, title=console_title)
     return table
+
+
+def _mean(values: Sequence[float | None]) -> float:
+    """Mean over the tracks that have a score (``None``: the track lacks the source), NaN if none has."""
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else math.nan
 
 
 def failure_report(frames: pd.DataFrame, sources: Sequence[str], title: str = "", win: float = 1.0,
