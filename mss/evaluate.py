@@ -78,11 +78,11 @@ def _done(out: Path, subset: str, name: str, signature: dict) -> bool:
 
 
 def _score(refs, est, name, sources, sample_rate, cfg: dict, out: Path, nsdrs: dict, device,
-           whole: dict | None = None) -> str:
+           whole: dict | None = None, absent: list[str] | None = None) -> str:
     """Score one track and write its museval JSON and track_info record (runs in a worker process or inline)."""
     scores = evaluate_track(refs.transpose(1, 2).numpy(), est.transpose(1, 2).numpy(), sources, name,
                             sample_rate=sample_rate, win=cfg["win"], hop=cfg["hop"], backend=cfg["backend"],
-                            sdr_only=cfg["sdr_only"], device=device)
+                            sdr_only=cfg["sdr_only"], device=device, absent=absent or ())
     json_path, info_path = _paths(out, cfg["subset"], name)
     save_track_json(scores, json_path)
     info = {**_signature(sources, OmegaConf.create(cfg)), "track": name, "nSDR": nsdrs, "whole_track": whole or {},
@@ -154,14 +154,17 @@ def _process(net, item, sources, sample_rate, cfg, out, device, metrics_device, 
     if cfg.save_estimates:
         for s, wav in zip(sources, est):
             save_audio(out / "estimates" / item["name"] / f"{s}.wav", wav, sample_rate, subtype="FLOAT")
-    nsdrs = dict(zip(sources, nsdr(item["stems"], est).tolist()))
-    whole = whole_track_scores(check_metrics(cfg.get("metrics") or ALWAYS), item["stems"], est, sources,
-                               sample_rate, float(cfg.win), float(cfg.hop))
+    # a source the track lacks (missing stems) is scored by nothing: None here, NaN frames in its BSS Eval JSON
     absent = [s for s, here in zip(sources, item.get("present", [True] * len(sources))) if not here]
-    for scores in (nsdrs, *(whole or {}).values()):  # a source the track lacks has no score (BSS Eval: NaN frames)
-        scores.update(dict.fromkeys(absent))
+    keep = [j for j, s in enumerate(sources) if s not in absent]
+    kept = [sources[j] for j in keep]
+    refs, ests = item["stems"][keep], est[keep]
+    nsdrs = dict.fromkeys(sources) | dict(zip(kept, nsdr(refs, ests).tolist()))
+    whole = {label: dict.fromkeys(sources) | scores for label, scores in whole_track_scores(
+        check_metrics(cfg.get("metrics") or ALWAYS), refs, ests, kept, sample_rate, float(cfg.win),
+        float(cfg.hop)).items()}
     args = (item["stems"], est, item["name"], sources, sample_rate, OmegaConf.to_container(cfg), out, nsdrs,
-            metrics_device, whole)
+            metrics_device, whole, absent)
     return pool.submit(_score, *args) if pool is not None else _score(*args)
 
 

@@ -86,7 +86,9 @@ def aggregate(key: str, tracks: torch.Tensor) -> torch.Tensor:
     """``(N, S)`` per-track scores of ``key`` -> ``(S,)`` over the tracks: the median for :data:`MEDIAN_KEYS`, else
     the mean (NaN tracks skipped by both)."""
     if key in MEDIAN_KEYS:
-        return torch.from_numpy(np.nanmedian(tracks.double().cpu().numpy(), axis=0)).to(tracks.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a source no validation track has: NaN
+            return torch.from_numpy(np.nanmedian(tracks.double().cpu().numpy(), axis=0)).to(tracks.device)
     return tracks.nanmean(0)
 
 

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 
@@ -67,6 +68,17 @@ class TrackScores:
         frames = [{"time": i * self.hop, "duration": self.win,
                    "metrics": {m: _q(values[m][i]) for m in _JSON_ORDER}} for i in range(len(values["SDR"]))]
         self.scores["targets"].append({"name": target_name, "frames": frames})
+
+    def with_absent(self, sources: Sequence[str]) -> TrackScores:
+        """These scores with a target for every name of ``sources`` in that order: the ones not scored here (sources
+        the track lacks) get NaN frames at the same times, which every aggregate skips."""
+        have = {t["name"]: t for t in self.scores["targets"]}
+        frames = next(iter(have.values()))["frames"] if have else []
+        nan = {m: math.nan for m in _JSON_ORDER}
+        self.scores["targets"] = [have.get(name) or {"name": name, "frames": [
+            {"time": f["time"], "duration": f["duration"], "metrics": dict(nan)} for f in frames]}
+            for name in sources]
+        return self
 
     @property
     def targets(self) -> list[str]:

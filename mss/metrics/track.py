@@ -62,6 +62,7 @@ def evaluate_track(
     backend: str = "mss",
     sdr_only: bool = False,
     device: str | None = None,
+    absent: Sequence[str] = (),
 ) -> TrackScores:
     """Evaluate one track with BSS Eval v4 and return its :class:`TrackScores` (museval's ``TrackStore`` format).
 
@@ -76,6 +77,8 @@ def evaluate_track(
         backend: ``"mss"`` (:func:`mss.metrics.bss_eval_v4`) or ``"museval"`` (``museval.evaluate``).
         sdr_only: ``mss`` backend only: skip the distortion filters; ISR/SIR/SAR are NaN (SDR is unchanged).
         device: ``mss`` backend only: torch device to compute on (default CPU).
+        absent: sources the track lacks (missing stems): left out of the evaluation (not projected onto, not
+            scored) and stored with NaN frames, which every aggregate skips (museval's rule for silent frames).
 
     Returns:
         :class:`TrackScores` with one target per source holding per-frame SDR/SIR/ISR/SAR; ``.json`` is museval's
@@ -101,6 +104,16 @@ def evaluate_track(
         raise ValueError(
             f"track {track_name!r}: {len(sources)} source names for {references.shape[0]} stems ({list(sources)})"
         )
+    unknown = sorted(set(absent) - set(sources))
+    if unknown:
+        raise ValueError(f"track {track_name!r}: absent source(s) {unknown} are not among {list(sources)}")
+    if absent:
+        keep = [j for j, name in enumerate(sources) if name not in absent]
+        if not keep:
+            raise ValueError(f"track {track_name!r}: every source is absent, nothing to evaluate")
+        part = evaluate_track(references[keep], estimates[keep], [sources[j] for j in keep], track_name,
+                              sample_rate, win, hop, backend, sdr_only, device)
+        return part.with_absent(list(sources))
     scores = TrackScores(track_name=track_name, win=win, hop=hop)
     w, h = int(win * sample_rate), int(hop * sample_rate)
     if backend == "museval":

@@ -5,7 +5,6 @@ table (Markdown, CSV, LaTeX), ``per_track.csv``, the box plot and per-track bars
 from __future__ import annotations
 
 import math
-
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
