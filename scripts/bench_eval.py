@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import resource
@@ -154,6 +155,46 @@ def max_delta(a: np.ndarray, b: np.ndarray) -> tuple[float, bool]:
     return (float(np.abs(a[ok] - b[ok]).max()) if ok.any() else 0.0), same_nan
 
 
+def bench_statistics(repeat: int, tracks: int = 50, methods: int = 10, resamples: int = 10_000) -> None:
+    """Time :func:`mss.report.statistics.summary` and :func:`~mss.report.statistics.paired` (BCa, ``resamples``) on
+    per-track scores of ``methods`` x ``tracks`` x 4 sources, against the same intervals from one
+    ``scipy.stats.bootstrap`` call per sample (the reference, timed once), in this process."""
+    import pandas as pd
+    from scipy import stats as sps
+
+    from mss.report.statistics import _median, paired, summary
+
+    rng = np.random.default_rng(0)
+    sources = ["drums", "bass", "other", "vocals"]
+    rows = [{"method": f"m{m}", "track": f"t{t}", "target": s, "metric": "SDR", "score": 5 + 0.1 * m + rng.normal()}
+            for m in range(methods) for t in range(tracks) for s in sources]
+    per_track = pd.DataFrame(rows)
+    times = {"summary": [], "paired": []}
+    for _ in range(repeat):
+        for name, fn in (("summary", summary), ("paired", paired)):
+            start = time.perf_counter()
+            table = fn(per_track, resamples=resamples)
+            times[name].append(time.perf_counter() - start)
+    wide = per_track.pivot_table(index=["method", "track"], columns="target", values="score")
+    wide["mean"] = wide.mean(axis=1)
+    samples = [wide.loc[m][s].to_numpy() for m in dict.fromkeys(wide.index.get_level_values(0)) for s in wide]
+    samples += [wide.loc[a][s].to_numpy() - wide.loc[b][s].to_numpy()
+                for a, b in itertools.combinations(dict.fromkeys(wide.index.get_level_values(0)), 2) for s in wide]
+    start = time.perf_counter()
+    for x in samples:
+        sps.bootstrap((np.sort(x),), _median, n_resamples=resamples, vectorized=True, method="BCa",
+                      rng=np.random.default_rng(0))
+    reference = time.perf_counter() - start
+    ours = statistics.median(times["summary"]) + statistics.median(times["paired"])
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    print(f"\n{tracks} tracks x {methods} methods x (4 sources + mean), BCa, {resamples} resamples; load average "
+          f"{load} ({os.cpu_count()} cores); mss: median of {repeat} runs\n")
+    print("| part | mss | scipy.stats.bootstrap per sample | ratio |\n|---|---|---|---|")
+    print(f"| summary ({methods * 5} intervals) | {statistics.median(times['summary']):.3f} s | | |")
+    print(f"| paired ({len(table)} intervals + Wilcoxon + Holm) | {statistics.median(times['paired']):.3f} s | | |")
+    print(f"| total | {ours:.3f} s | {reference:.2f} s | {reference / ours:.0f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=float, nargs="+", default=[30.0, 180.0], help="track lengths, seconds")
@@ -169,8 +210,13 @@ def main() -> None:
                         help="the busy processes end by themselves after this long")
     parser.add_argument("--plain", action="store_true",
                         help="also time mss with MSS_DISABLE_FAST_PATHS=threads (no thread budget, spinning waits)")
+    parser.add_argument("--statistics", action="store_true",
+                        help="only time mss.report.statistics (summary + paired) on 50 tracks x 10 methods")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.statistics:
+        bench_statistics(args.repeat)
+        return
     if args.worker:
         worker(args.worker[0], Path(args.worker[1]), args.threads, args.device)
         return

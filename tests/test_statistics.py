@@ -93,8 +93,9 @@ def test_bad_arguments_are_clear_errors_and_cis_print_compactly():
 
 def test_batched_bootstrap_equals_one_scipy_call_per_sample():
     """The vectorised bootstrap of a results table gives each sample exactly the interval of its own
-    ``scipy.stats.bootstrap`` call (same seed, so the same resampled indices), for both statistics, unequal sizes,
-    NaN, constant and empty samples included."""
+    ``scipy.stats.bootstrap`` call on the sample's values in ascending order (same seed, so the same resampled
+    indices; scipy resamples the values itself there), for both statistics and both methods, unequal sizes, NaN,
+    constant and empty samples included; the order of the values (tracks) does not matter."""
     from scipy import stats as sps
 
     from mss.report.statistics import bootstrap_cis
@@ -102,17 +103,37 @@ def test_batched_bootstrap_equals_one_scipy_call_per_sample():
     rng = np.random.default_rng(3)
     samples = [rng.normal(size=40) for _ in range(20)] + [rng.normal(size=31), [np.nan, 1.0, 2.0, 5.0], [2.0] * 5, []]
     for stat, fn in (("median", np.median), ("mean", np.mean)):
-        batched = bootstrap_cis(samples, stat, resamples=2000, seed=5)
-        for x, (estimate, low, high) in zip(samples, batched):
-            x = np.asarray(x, dtype=float)
-            x = x[np.isfinite(x)]
-            if x.size == 0:
-                assert np.isnan(estimate) and np.isnan(low)
-                continue
-            if np.all(x == x[0]):
-                assert estimate == low == high == x[0]
-                continue
-            ref = sps.bootstrap((x,), lambda a, axis, fn=fn: fn(a, axis=axis), n_resamples=2000, vectorized=True,
-                                method="BCa", rng=np.random.default_rng(5))
-            assert estimate == pytest.approx(fn(x))
-            assert (low, high) == pytest.approx(tuple(ref.confidence_interval), abs=1e-12)
+        for method in ("BCa", "percentile"):
+            batched = bootstrap_cis(samples, stat, resamples=2000, seed=5, method=method)
+            shuffled = bootstrap_cis([rng.permutation(x) for x in samples], stat, resamples=2000, seed=5,
+                                     method=method)
+            assert np.allclose(batched, shuffled, equal_nan=True, rtol=0, atol=1e-12)
+            for x, (estimate, low, high) in zip(samples, batched):
+                x = np.asarray(x, dtype=float)
+                x = np.sort(x[np.isfinite(x)])
+                if x.size == 0:
+                    assert np.isnan(estimate) and np.isnan(low)
+                    continue
+                if np.all(x == x[0]):
+                    assert estimate == low == high == x[0]
+                    continue
+                ref = sps.bootstrap((x,), lambda a, axis, fn=fn: fn(a, axis=axis), n_resamples=2000,
+                                    vectorized=True, method=method, rng=np.random.default_rng(5))
+                assert estimate == pytest.approx(fn(x))
+                assert (low, high) == pytest.approx(tuple(ref.confidence_interval), abs=1e-12)
+
+
+def test_vectorised_wilcoxon_equals_one_scipy_call_per_sample():
+    """Exact-p samples, samples with zeros or tied magnitudes (normal approximation), unequal sizes, all-zero and
+    empty samples: each gets the statistic and p of its own ``scipy.stats.wilcoxon`` call."""
+    from mss.report.statistics import wilcoxon_tests
+
+    rng = np.random.default_rng(4)
+    diffs = [rng.normal(0.2, 1, 30) for _ in range(6)] + [rng.normal(size=12)]
+    diffs += [np.round(rng.normal(0.5, 1, 30), 1) for _ in range(4)]  # ties and zeros
+    diffs += [np.zeros(5), np.array([])]
+    got = wilcoxon_tests(diffs)
+    for d, (w, p) in zip(diffs[:-2], got):
+        ref = stats.wilcoxon(d, zero_method="wilcox")
+        assert (w, p) == pytest.approx((ref.statistic, ref.pvalue), rel=1e-12)
+    assert np.isnan(got[-2][0]) and got[-2][1] == 1.0 and np.isnan(got[-1]).all()
