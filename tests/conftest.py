@@ -3,6 +3,9 @@ shrunk in one place (tiny U-Net, short segments) so every test runs the real cod
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
 from pathlib import Path
 
 import pytest
@@ -169,3 +172,21 @@ def run_overrides(synth_root, tmp_path) -> list[str]:
     """Like ``train_overrides`` but without the model/loss shrinking (combine with :func:`tiny_overrides`)."""
     return [f"data.root={synth_root}", "data.synth=null", f"paths.output_dir={tmp_path / 'run'}",
             f"paths.cache_dir={tmp_path / 'cache'}"] + TINY_RUN
+
+
+@pytest.fixture
+def server(tmp_path):
+    """``(base_url, served folder, request log)`` of an HTTP server on 127.0.0.1."""
+    served = tmp_path / "served"
+    served.mkdir()
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/", served, requests
+    httpd.shutdown()

@@ -132,7 +132,7 @@ def _tiny_umx_targets(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_wheel_installs_and_runs_from_any_folder(tmp_path):
+def test_wheel_installs_and_runs_from_any_folder(tmp_path, server):
     """Build the wheel, install it (no dependencies resolved: the test environment's packages are made visible) into
     a fresh venv where the checkout's mss is not importable, then walk the user paths from an empty folder."""
     src = tmp_path / "src"
@@ -207,3 +207,35 @@ def test_wheel_installs_and_runs_from_any_folder(tmp_path):
     # the registry of published models ships in the wheel
     out = run(["python", "-m", "mss.pretrained", "list"], work, env)
     assert all(name in out.stdout for name in ("htdemucs_ft", "umxhq", "bs_roformer_msst_musdb"))
+
+    # a published model by name (a user registry on a local server: download, checksum, conversion), an MP3 in,
+    # FLAC out, two-stem mode and test-time augmentation
+    import hashlib
+
+    import yaml
+
+    from tests.test_import_demucs import export, small_htdemucs
+
+    base, served, _ = server
+    model = export(small_htdemucs(seed=3), served / "aaaa1111-00000000.th")
+    entry = {"importer": "demucs", "sources": ["drums", "bass", "other", "vocals"],
+             "files": {"model": {"url": base + model.name, "sha256": hashlib.sha256(model.read_bytes()).hexdigest()}}}
+    (work / "registry.yaml").write_text(yaml.safe_dump({"tiny_ht": entry}))
+    named = {**env, "MSS_PRETRAINED_REGISTRY": str(work / "registry.yaml"),
+             "MSS_PRETRAINED_DIR": str(tmp_path / "pretrained")}
+    run(["ffmpeg", "-v", "error", "-i", str(mixture), "-t", "1.5", "song.mp3"], work, env)
+    run(["mss-separate", "model=tiny_ht", "input=song.mp3", "format=flac", "stems=[vocals]", "tta=[flip_channels]",
+         "output_dir=named", "hydra.run.dir=named_run"], work, named)
+    assert sorted(p.name for p in (work / "named" / "song").iterdir()) == ["no_vocals.flac", "vocals.flac"]
+    assert any((tmp_path / "pretrained").rglob("*.ckpt"))
+
+    # ONNX: export a (tiny, random) Conv-TasNet checkpoint, then separate with onnxruntime
+    from mss.checkpoint import save_checkpoint
+    from tests.test_export import tiny
+
+    save_checkpoint(work / "tasnet.ckpt", *tiny("conv_tasnet"))
+    out = run(["python", "-m", "mss.export", "ckpt=tasnet.ckpt", "format=onnx", "out=tasnet.onnx"], work, env)
+    assert "max abs diff" in out.stdout
+    run(["mss-separate", "ckpt=tasnet.onnx", "input=song.mp3", "output_dir=onnx", "hydra.run.dir=onnx_run"], work,
+        env)
+    assert len(list((work / "onnx" / "song").glob("*.wav"))) == 4

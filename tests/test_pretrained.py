@@ -4,12 +4,9 @@ checksum or an unreachable server leaves no cache entry and names the URL and th
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,24 +20,6 @@ from mss.pretrained import registry as reg
 from tests.test_import_demucs import export, reloaded_reference, small_htdemucs
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def server(tmp_path):
-    """``(base_url, served folder, request log)`` of an HTTP server on 127.0.0.1."""
-    served = tmp_path / "served"
-    served.mkdir()
-    requests: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            requests.append(self.path)
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/", served, requests
-    httpd.shutdown()
 
 
 @pytest.fixture
