@@ -17,7 +17,10 @@ speed: ``compile=true`` (torch.compile), ``precision=bf16|fp16`` (autocast, :mod
 Every file is written atomically (temporary file, then renamed), as long as the input and at its sample rate.
 
 A file that cannot be read or separated is reported and skipped; the others are written, and the command exits
-non-zero at the end, naming the failed files.
+non-zero at the end, naming the failed files. Several files are pipelined (:func:`separate_files`): the next file is
+decoded and the previous one's stems encoded in two background threads while the network separates the current
+one; memory holds at most three tracks (the one ahead, the current one, the one being written), each whole: the
+separation itself keeps the track and its estimates in memory (the ``clip=rescale`` peak is that of the whole stem).
 """
 
 from __future__ import annotations
@@ -153,14 +156,29 @@ def to_model(wav: torch.Tensor, rate: int, net: torch.nn.Module, downmix: bool, 
     return mix.contiguous(), wav
 
 
-def separate_file(net: torch.nn.Module, path: Path, out_dir: Path, options: OutputOptions | None = None, *,
-                  device: torch.device | None = None, **apply_kw) -> list[Path]:
-    """Separate one file into ``out_dir/<filename template>`` per :class:`OutputOptions`; returns the written
-    paths. ``apply_kw`` go to :func:`mss.inference.overlap_add.apply_model` (segment, overlap, shifts, tta, ...)."""
-    options = options or OutputOptions()
+@dataclass
+class Decoded:
+    """An input file as the model takes it: ``mix`` ``(C_model, T_model)`` at the model's rate, the file's own audio
+    ``original`` ``(C, T)`` and its sample ``rate``."""
+
+    path: Path
+    mix: torch.Tensor
+    original: torch.Tensor
+    rate: int
+
+
+def decode_input(path: Path, net: torch.nn.Module, downmix: bool = False) -> Decoded:
+    """Read ``path`` (soundfile or ffmpeg) and bring it to the model's channels and rate (:func:`to_model`)."""
     wav, rate = decode_audio(path)
-    mix, original = to_model(wav, rate, net, options.downmix, path)
-    est = apply_model(net, mix, device=device, progress=True, **apply_kw).cpu()  # (S, C_model, T_model)
+    mix, original = to_model(wav, rate, net, downmix, path)
+    return Decoded(path, mix, original, rate)
+
+
+def write_stems(net: torch.nn.Module, item: Decoded, est: torch.Tensor, out_dir: Path,
+                options: OutputOptions) -> list[Path]:
+    """Write the estimates ``est`` ``(S, C_model, T_model)`` of ``item`` as :class:`OutputOptions` asks (back to the
+    file's channels and rate, two-stem complement, residual, clipping, format); returns the written paths."""
+    original, rate = item.original, item.rate
     if original.shape[0] != est.shape[1]:  # mono input: the stems averaged back to mono
         est = est.mean(1, keepdim=True)
     if rate != net.sample_rate:
@@ -177,12 +195,70 @@ def separate_file(net: torch.nn.Module, path: Path, out_dir: Path, options: Outp
                          else sum(stems[s] for s in rest))
     if options.residual:
         outputs["residual"] = original - est.sum(0)
-    track = track_name(path)
+    track = track_name(item.path)
     paths = {name: options.path(out_dir, track, name) for name in outputs}
     if len(set(paths.values())) != len(paths):
-        raise AudioError(f"filename={options.filename!r} gives the same path to several stems of {path}")
+        raise AudioError(f"filename={options.filename!r} gives the same path to several stems of {item.path}")
     return [save_audio(paths[name], prevent_clip(wave, options.clip), rate, subtype=options.subtype)
             for name, wave in outputs.items()]
+
+
+def separate_file(net: torch.nn.Module, path: Path, out_dir: Path, options: OutputOptions | None = None, *,
+                  device: torch.device | None = None, **apply_kw) -> list[Path]:
+    """Separate one file into ``out_dir/<filename template>`` per :class:`OutputOptions`; returns the written
+    paths. ``apply_kw`` go to :func:`mss.inference.overlap_add.apply_model` (segment, overlap, shifts, tta, ...)."""
+    options = options or OutputOptions()
+    item = decode_input(path, net, options.downmix)
+    est = apply_model(net, item.mix, device=device, progress=True, **apply_kw).cpu()
+    return write_stems(net, item, est, out_dir, options)
+
+
+def separate_files(net: torch.nn.Module, files: Sequence[Path], out_dir: Path, options: OutputOptions | None = None,
+                   *, device: torch.device | None = None, progress: bool = True, **apply_kw
+                   ) -> tuple[dict[Path, list[Path]], list[tuple[Path, str]]]:
+    """:func:`separate_file` for every file, pipelined: the next file is decoded (one reader thread) and the previous
+    one's stems encoded and written (one writer thread) while the network separates the current one, so the network
+    waits for neither; at most one decoded file ahead and one being written are held besides the current one. A file
+    that fails at any stage is logged and skipped. Returns ``({input: written paths}, [(input, error)])``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    options = options or OutputOptions()
+    written: dict[Path, list[Path]] = {}
+    failed: list[tuple[Path, str]] = []
+
+    def fail(path: Path, err: Exception) -> None:
+        log.error("%s: skipped: %s", path, str(err).splitlines()[0] if str(err) else type(err).__name__)
+        failed.append((path, str(err) or type(err).__name__))
+
+    def finish(job) -> None:
+        path, future = job
+        try:
+            written[path] = future.result()
+            log.info("%s -> %s", path, ", ".join(str(p) for p in written[path]))
+        except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
+            fail(path, err)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="mss-decode") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="mss-encode") as writer:
+        ahead = reader.submit(decode_input, files[0], net, options.downmix) if files else None
+        pending = None
+        for i, path in enumerate(tqdm(files, desc="files", unit="file", disable=not progress or len(files) < 2)):
+            current = ahead
+            ahead = reader.submit(decode_input, files[i + 1], net, options.downmix) if i + 1 < len(files) else None
+            try:
+                item = current.result()
+                est = apply_model(net, item.mix, device=device, progress=progress, **apply_kw).cpu()
+            except Exception as err:  # noqa: BLE001
+                fail(path, err)
+                continue
+            if pending is not None:
+                finish(pending)  # the previous file's stems are on disk before the next write starts
+            pending = (path, writer.submit(write_stems, net, item, est, out_dir, options))
+        if pending is not None:
+            finish(pending)
+    return written, failed
 
 
 def output_options(cfg: DictConfig) -> OutputOptions:
@@ -208,8 +284,6 @@ def quote_template(args: Sequence[str]) -> list[str]:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="separate", version_base="1.3")
 def _run(cfg: DictConfig) -> None:
-    from tqdm.auto import tqdm
-
     options = output_options(cfg)
     tta = check_tta(OmegaConf.to_container(cfg.tta) if OmegaConf.is_config(cfg.tta) else cfg.tta)
     files = list_inputs(cfg.input)
@@ -228,17 +302,9 @@ def _run(cfg: DictConfig) -> None:
     options.check_sources(net.sources)
     segment = None if cfg.segment is None else round(cfg.segment * net.sample_rate)
     out = Path(cfg.output_dir).expanduser()
-    failed: list[tuple[Path, str]] = []
-    for path in tqdm(files, desc="files", unit="file", disable=len(files) < 2):
-        try:
-            written = separate_file(net, path, out, options, device=device, segment=segment, overlap=cfg.overlap,
-                                    batch_size=cfg.batch_size, shifts=cfg.shifts, tta=tta,
-                                    compile=bool(cfg.get("compile", False)), precision=cfg.get("precision"))
-        except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
-            log.error("%s: skipped: %s", path, str(err).splitlines()[0] if str(err) else type(err).__name__)
-            failed.append((path, str(err)))
-            continue
-        log.info("%s -> %s", path, ", ".join(str(p) for p in written))
+    _, failed = separate_files(net, files, out, options, device=device, segment=segment, overlap=cfg.overlap,
+                               batch_size=cfg.batch_size, shifts=cfg.shifts, tta=tta,
+                               compile=bool(cfg.get("compile", False)), precision=cfg.get("precision"))
     if failed:
         raise SeparateError(f"{len(failed)} of {len(files)} input file(s) failed (the others were written): "
                             + "; ".join(f"{p}: {e.splitlines()[0] if e else '?'}" for p, e in failed))
