@@ -124,6 +124,10 @@ class PoolDataset(Dataset):
         present = torch.empty(len(self.sources), dtype=torch.bool)
         return {"stems": self.read(index, present=present), "present": present}
 
+    def _frames(self, file: StemFile) -> int:
+        """Samples of ``file`` (in its own rate) that make one segment."""
+        return -(-self.segment * file.sample_rate // self.load_kw["sample_rate"])
+
     def _draw(self) -> list[tuple[StemFile, int, float] | None]:
         """Per source (in order): ``(file, start sample in the file's rate, gain in dB)``, or ``None`` when its
         pool is empty. :meth:`read` and :meth:`describe` both draw here."""
@@ -134,8 +138,7 @@ class PoolDataset(Dataset):
                 picks.append(None)
                 continue
             file = pool[int(torch.randint(0, len(pool), ()))]
-            frames = -(-self.segment * file.sample_rate // self.load_kw["sample_rate"])  # in the file's rate
-            start = int(torch.randint(0, max(1, file.frames - frames + 1), ()))
+            start = int(torch.randint(0, max(1, file.frames - self._frames(file) + 1), ()))
             lo, hi = self.gains[source]
             gain = lo + (hi - lo) * float(torch.rand(()))
             picks.append((file, start, gain))
@@ -153,7 +156,12 @@ class PoolDataset(Dataset):
                 row.zero_()
                 continue
             file, start, gain = pick
-            load_audio(file.path, start=start, out=row, **self.load_kw)
+            if file.sample_rate == self.load_kw["sample_rate"]:
+                load_audio(file.path, start=start, out=row, **self.load_kw)
+            else:  # read the segment's length in the file's rate, then resample (data.convert)
+                wav = load_audio(file.path, start=start, frames=self._frames(file), **self.load_kw)[..., :self.segment]
+                row[..., :wav.shape[-1]] = wav
+                row[..., wav.shape[-1]:] = 0
             if gain:
                 row.mul_(10 ** (gain / 20))
         return stems
