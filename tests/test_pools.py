@@ -99,6 +99,20 @@ def test_pool_batches_through_the_loader_equal_the_seeded_items(ramps, tmp_path)
     torch.testing.assert_close(batch, torch.stack(items))
 
 
+def test_pool_int16_items_only_without_gains_and_equal_to_float(ramps, tmp_path):
+    assert not pool_dm(ramps, tmp_path).int16_batches()  # gains
+    dm = pool_dm(ramps, tmp_path, gains=None)
+    dm.setup("fit")
+    assert dm.int16_batches()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.dtype == torch.int16
+    floats = SeededDataset(dm.train_dataset(int16=False))
+    items = [floats[item] for item in dm._sampler.batch(0, 0, 4)]
+    torch.testing.assert_close(dm.on_after_batch_transfer(batch, 0), torch.stack(items), atol=0, rtol=0)
+    k, start, gain = decode(items[0][1])
+    assert gain == pytest.approx(0.0, abs=1e-3) and int(batch[0, 1, 0, 0]) == k * 4000 + start
+
+
 def test_pool_missing_source_and_file_checks(ramps, tmp_path):
     with pytest.raises(ValueError, match=r"no pool for \['bass'\]"):
         pool_dm(ramps, tmp_path, sources=["drums", "bass", "vocals"])
@@ -174,6 +188,22 @@ def test_multi_picks_children_by_weight_with_presence(tmp_path):
     assert abs(from_a / n - 0.75) < 4 * math.sqrt(0.75 * 0.25 / n)  # 4 sigma: ~0.06
     batch = next(iter(dm.train_dataloader()))  # the EpochSampler path: dict batch with presence
     assert batch["stems"].shape == (8, 2, 2, SEGMENT) and batch["present"].shape == (8, 2)
+
+
+def test_multi_resumes_mid_epoch_with_the_next_batch(ramps, tmp_path):
+    def multi():
+        dm = MultiDataModule(datasets={"ramps": {"weight": 1.0, "data": pool_dm(ramps, tmp_path)},
+                                       "dc": {"weight": 1.0, "data": dc_child(tmp_path, "dc", 0.5)}},
+                             sources=["drums", "vocals"], sample_rate=SR, segment=SEGMENT / SR, samples_per_epoch=12,
+                             batch_size=4, seed=3, cache_dir=str(tmp_path / "cache"))
+        dm.setup("fit")
+        return dm
+
+    whole = list(multi().train_dataloader())
+    assert len(whole) == 3 and not torch.equal(whole[1], whole[2])
+    resumed = multi()
+    resumed.load_state_dict({"epoch": 0, "batches": 1, "batch_size": 4, "world_size": 1})
+    torch.testing.assert_close(list(resumed.train_dataloader()), whole[1:])
 
 
 def test_multi_children_inherit_and_must_agree(synth_root, tmp_path):

@@ -20,6 +20,7 @@ import csv
 import json
 from pathlib import Path
 
+from mss.audio.pcm16 import is_pcm16
 from mss.data.datamodule import MSSDataModule
 from mss.data.multi import MixtureDataset
 from mss.data.pools import PoolDataset, StemFile, check_file, parse_gains
@@ -173,18 +174,20 @@ class ListingDataModule(MSSDataModule):
         self._log_found(splits)
 
     def int16_batches(self) -> bool:
-        return not any(self.pools.values()) and super().int16_batches()
+        """As :meth:`MSSDataModule.int16_batches`, and pool rows only without gains (gains leave the 16-bit grid)."""
+        pools = not any(self.pools.values()) or all(g == (0.0, 0.0) for g in self.gains.values()) and all(
+            is_pcm16(f.path, self.channels, self.sample_rate) for pool in self.pools.values() for f in pool)
+        return pools and super().int16_batches()
 
     def train_dataset(self, int16: bool | None = None):
         have_pools = any(self.pools.values())
         if not have_pools:
             return super().train_dataset(int16)
-        if int16:
-            raise ValueError("a listing with stem pools gives float32 items (gains), not int16")
+        int16 = self.int16_batches() if int16 is None else int16
         pool = PoolDataset(self.pools, self.sources, segment=self.segment_frames,
                            samples_per_epoch=self.samples_per_epoch, channels=self.channels,
-                           sample_rate=self.sample_rate, convert=self.convert, gains=self.gains)
+                           sample_rate=self.sample_rate, convert=self.convert, gains=self.gains, int16=int16)
         if not self.tracks["train"]:
             return pool
-        return MixtureDataset({"tracks": super().train_dataset(False), "pools": pool},
+        return MixtureDataset({"tracks": super().train_dataset(int16), "pools": pool},
                               {"tracks": 1 - self.pool_weight, "pools": self.pool_weight}, self.samples_per_epoch)

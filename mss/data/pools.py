@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mss.audio.io import AudioError, audio_info, load_audio
+from mss.audio.pcm16 import is_pcm16
 from mss.data.datamodule import MSSDataModule
 from mss.data.tracks import MISSING, DatasetError
 
@@ -95,18 +96,21 @@ class PoolDataset(Dataset):
     random file of its pool scaled by a random gain; ``{"stems", "present": (S,) bool}`` when a source has no pool
     (:attr:`with_presence`). The :class:`mss.data.datasets.SegmentDataset` protocol (``item_shape``,
     ``item_dtype``, ``read(index, out, present)``, ``describe``), so :class:`mss.data.sampling.SeededDataset` and
-    the shared-memory batch pool take it as they are. Items do not depend on ``index``, only on the generator."""
-
-    item_dtype = torch.float32
+    the shared-memory batch pool take it as they are. Items do not depend on ``index``, only on the generator.
+    With ``int16`` items hold the 16-bit samples as they are (only without gains, for 16-bit PCM WAV files at the
+    configured rate and channels: :meth:`StemPoolDataModule.int16_batches`)."""
 
     def __init__(self, pools: dict[str, list[StemFile]], sources: list[str], *, segment: int, samples_per_epoch: int,
                  channels: int, sample_rate: int, convert: bool = False,
-                 gains: dict[str, tuple[float, float]] | None = None):
+                 gains: dict[str, tuple[float, float]] | None = None, int16: bool = False):
         self.sources, self.segment, self.samples_per_epoch = list(sources), int(segment), int(samples_per_epoch)
         self.pools = {s: list(pools.get(s, [])) for s in self.sources}
         if not any(self.pools.values()):
             raise ValueError("PoolDataset: every pool is empty")
         self.gains = parse_gains(gains, self.sources)
+        if int16 and any(g != (0.0, 0.0) for g in self.gains.values()):
+            raise ValueError("PoolDataset: int16 items cannot hold gain-scaled samples")
+        self.item_dtype = torch.int16 if int16 else torch.float32
         self.load_kw = dict(channels=channels, sample_rate=sample_rate, convert=convert)
         self.with_presence = not all(self.pools.values())
 
@@ -146,7 +150,8 @@ class PoolDataset(Dataset):
 
     def read(self, index: int, out: torch.Tensor | None = None, present: torch.Tensor | None = None
              ) -> torch.Tensor:
-        """Item ``index`` (written into ``out``, ``(S, C, T)`` float32, when given; presence into ``present``)."""
+        """Item ``index`` (written into ``out``, ``(S, C, T)`` of :attr:`item_dtype`, when given; presence into
+        ``present``)."""
         picks = self._draw()
         stems = out if out is not None else torch.empty(self.item_shape, dtype=self.item_dtype)
         if present is not None:
@@ -230,14 +235,16 @@ class StemPoolDataModule(MSSDataModule):
             self.tracks["test"] = self._find(self.test_subset) if self.root is not None else []
 
     def int16_batches(self) -> bool:
-        return False  # gains scale the samples off the 16-bit grid
+        """Lossless int16 batches: no gains (they leave the 16-bit grid) and every pool file a 16-bit PCM WAV at
+        ``sample_rate`` / ``channels``."""
+        return all(g == (0.0, 0.0) for g in self.gains.values()) and all(
+            is_pcm16(f.path, self.channels, self.sample_rate) for pool in self.pools.values() for f in pool)
 
     def train_dataset(self, int16: bool | None = None) -> PoolDataset:
-        if int16:
-            raise ValueError("stem pools give float32 items (gains), not int16")
         if self.repitch is not None or self.effects is not None:
             raise ValueError("data=stems_pool does not apply data.repitch / data.effects (loader-side augmentations "
                              "of aligned tracks); use batch augmentations (augment=...) instead")
         return PoolDataset(self.pools, self.sources, segment=self.segment_frames,
                            samples_per_epoch=self.samples_per_epoch, channels=self.channels,
-                           sample_rate=self.sample_rate, convert=self.convert, gains=self.gains)
+                           sample_rate=self.sample_rate, convert=self.convert, gains=self.gains,
+                           int16=self.int16_batches() if int16 is None else int16)
