@@ -148,7 +148,13 @@ def test_pool_validation_from_valid_root(synth_root, tmp_path):
     dm.setup("fit")
     assert sorted(t.name for t in dm.tracks["valid"]) == sorted(p.name for p in (synth_root / "test").iterdir())
     assert len(dm.pools["vocals"]) == len(list((synth_root / "train").iterdir()))
-    assert pool_dm_no_valid(synth_root, tmp_path).tracks["valid"] == []
+    bare = pool_dm_no_valid(synth_root, tmp_path)
+    assert bare.tracks["valid"] == [] and len(bare.track_dataset("valid")) == 0
+    bare.setup("test")
+    with pytest.raises(DatasetError, match="without data.valid_root has no test tracks"):
+        bare.track_dataset("test")
+    with pytest.raises(ValueError, match="does not apply data.repitch"):
+        StemPoolDataModule(pools={"vocals": ["x"]}, sources=["vocals"], effects=object(), cache_dir=str(tmp_path))
 
 
 def pool_dm_no_valid(root, tmp_path):
@@ -212,6 +218,10 @@ def test_multi_children_inherit_and_must_agree(synth_root, tmp_path):
     dm = MultiDataModule(datasets={"hq": {"weight": 1.0, "data": child}}, sources=SOURCES, segment=0.5,
                          cache_dir=str(tmp_path))
     assert dm.children["hq"].segment == 0.5 and dm.children["hq"].sources == SOURCES
+    assert dm.children["hq"].cache_dir == tmp_path  # inherited where left out, the child's own otherwise
+    own = MultiDataModule(datasets={"hq": {"data": {**child, "cache_dir": str(tmp_path / "own")}}}, sources=SOURCES,
+                          cache_dir=str(tmp_path))
+    assert own.children["hq"].cache_dir == tmp_path / "own"
     dm.setup("fit")
     valid = (synth_root / "valid_tracks.txt").read_text().split()
     assert [t.name for t in dm.tracks["valid"]] == [f"hq-{v}" for v in valid]
@@ -260,6 +270,9 @@ def test_listing_per_file_json_sums_and_pools(tmp_path):
     (x,) = splits["valid"]
     assert float(x.read_source("other")[1, 10]) == pytest.approx(0.35)  # the two guitar files summed
     assert [p.path for p in pools["vocals"]] == [str(tmp_path / "pool" / "v.wav")] and pools["other"] == []
+    (tmp_path / "bad.json").write_text(json.dumps([rows[0], {"path": "x/vox.wav", "source": "flute"}]))
+    with pytest.raises(DatasetError, match=r"bad.json, entry 1, column 'source': 'flute' is not one of"):
+        read_listing(tmp_path / "bad.json", ["other", "vocals"], sample_rate=SR, channels=2)
     # a listing of pool rows only trains from the pools
     (tmp_path / "p.json").write_text(json.dumps(rows[3:]))
     dm = ListingDataModule(listing=str(tmp_path / "p.json"), sources=["other", "vocals"], sample_rate=SR,

@@ -80,15 +80,16 @@ class MixtureDataset(Dataset):
         return f"{self.names[k]}: {self.datasets[k].describe(j)}"
 
 
-def _child_config(name: str, data, top: dict) -> dict:
-    """The child's config with the shared keys filled in from the top node (an error names a disagreeing one)."""
+def _child_config(name: str, data, top: dict, inherit: dict | None = None) -> dict:
+    """The child's config with the shared keys ``top`` filled in from the top node (an error names a disagreeing
+    one) and the keys of ``inherit`` where the child leaves them out."""
     from omegaconf import DictConfig, OmegaConf
 
     if isinstance(data, DictConfig):
         data = OmegaConf.to_container(data, resolve=True)
     if not isinstance(data, dict) or "_target_" not in data:
         raise ValueError(f"data.datasets.{name}.data: expected a data config with a _target_, got {data!r}")
-    data = dict(data)
+    data = {**(inherit or {}), **data}
     for key, value in top.items():
         if key not in data or data[key] is None:
             data[key] = value
@@ -135,7 +136,7 @@ class MultiDataModule(MSSDataModule):
             if not isinstance(child, MSSDataModule):
                 from hydra.utils import instantiate
 
-                child = instantiate(_child_config(name, child, {**top, "cache_dir": cache_dir}), _convert_="all")
+                child = instantiate(_child_config(name, child, top, {"cache_dir": cache_dir}), _convert_="all")
             for key, value in top.items():
                 if _norm(getattr(child, key)) != _norm(value):
                     raise ValueError(f"data.datasets.{name}: its {key}={getattr(child, key)!r} differs from "

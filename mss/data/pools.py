@@ -214,6 +214,9 @@ class StemPoolDataModule(MSSDataModule):
         if lacking and missing_stems != "allow":
             raise ValueError(f"data.pools: no pool for {lacking} of data.sources={self.sources} (add one, or set "
                              "data.missing_stems=allow to train with those sources absent)")
+        if self.repitch is not None or self.effects is not None:
+            raise ValueError("data=stems_pool does not apply data.repitch / data.effects (loader-side augmentations "
+                             "of aligned tracks); use batch augmentations (augment=...) instead")
         self.pool_specs, self.gains = pools, parse_gains(gains, self.sources)
         self.valid_subset = valid_subset
         self.pools: dict[str, list[StemFile]] = {}
@@ -240,10 +243,13 @@ class StemPoolDataModule(MSSDataModule):
         return all(g == (0.0, 0.0) for g in self.gains.values()) and all(
             is_pcm16(f.path, self.channels, self.sample_rate) for pool in self.pools.values() for f in pool)
 
+    def track_dataset(self, split: str, shard: bool = False):
+        if split == "test" and self.root is None:
+            raise DatasetError("data=stems_pool without data.valid_root has no test tracks: set data.valid_root=DIR "
+                               "(MUSDB18-HQ layout) or train with test=false")
+        return super().track_dataset(split, shard)
+
     def train_dataset(self, int16: bool | None = None) -> PoolDataset:
-        if self.repitch is not None or self.effects is not None:
-            raise ValueError("data=stems_pool does not apply data.repitch / data.effects (loader-side augmentations "
-                             "of aligned tracks); use batch augmentations (augment=...) instead")
         return PoolDataset(self.pools, self.sources, segment=self.segment_frames,
                            samples_per_epoch=self.samples_per_epoch, channels=self.channels,
                            sample_rate=self.sample_rate, convert=self.convert, gains=self.gains,
