@@ -197,11 +197,11 @@ def test_multi_picks_children_by_weight_with_presence(tmp_path):
 
 
 def test_multi_resumes_mid_epoch_with_the_next_batch(ramps, tmp_path):
-    def multi():
+    def multi(workers: int = 0):
         dm = MultiDataModule(datasets={"ramps": {"weight": 1.0, "data": pool_dm(ramps, tmp_path)},
                                        "dc": {"weight": 1.0, "data": dc_child(tmp_path, "dc", 0.5)}},
                              sources=["drums", "vocals"], sample_rate=SR, segment=SEGMENT / SR, samples_per_epoch=12,
-                             batch_size=4, seed=3, cache_dir=str(tmp_path / "cache"))
+                             batch_size=4, seed=3, cache_dir=str(tmp_path / "cache"), num_workers=workers)
         dm.setup("fit")
         return dm
 
@@ -210,6 +210,7 @@ def test_multi_resumes_mid_epoch_with_the_next_batch(ramps, tmp_path):
     resumed = multi()
     resumed.load_state_dict({"epoch": 0, "batches": 1, "batch_size": 4, "world_size": 1})
     torch.testing.assert_close(list(resumed.train_dataloader()), whole[1:])
+    torch.testing.assert_close(list(multi(workers=2).train_dataloader()), whole)  # loader workers: same examples
 
 
 def test_multi_children_inherit_and_must_agree(synth_root, tmp_path):
