@@ -72,6 +72,8 @@ class MSSDataModule(L.LightningDataModule):
             plain tensors, logged once: :mod:`mss.platform.shm`).
     """
 
+    requires_root = True  # subclasses that read no dataset root (stem pools, listings, data=multi) say False
+
     def __init__(self, *, root: str | None, sources: list[str], sample_rate: int = 44100, channels: int = 2,
                  format: str = "wav", segment: float = 6.0, batch_size: int = 4, num_workers: int = 0,
                  samples_per_epoch: int = 1000, random_tracks: bool = False, valid_tracks="musdb",
@@ -85,7 +87,7 @@ class MSSDataModule(L.LightningDataModule):
             raise ValueError(f"data.format={format!r}: expected one of {FORMATS}")
         if not sources:
             raise ValueError("data.sources is empty: list the stems to separate, e.g. [drums, bass, other, vocals]")
-        if root is None and synth is None:
+        if root is None and synth is None and self.requires_root:
             raise ValueError("data.root is not set: point it at a dataset folder in MUSDB18-HQ layout")
         self.sources, self.sample_rate, self.channels = list(sources), int(sample_rate), int(channels)
         self.format, self.segment, self.batch_size = format, float(segment), int(batch_size)
@@ -97,7 +99,8 @@ class MSSDataModule(L.LightningDataModule):
         self.repitch, self.segment_margin, self.effects = repitch, float(segment_margin), effects
         self.batch_pool, self.missing_stems = bool(batch_pool), missing_stems
         self.synth = dict(synth) if synth is not None else None
-        self.root = Path(root).expanduser() if root is not None else self._synth_root()
+        self.root = Path(root).expanduser() if root is not None else (
+            self._synth_root() if synth is not None else None)
         self._generate = self.synth is not None and (root is None or any(self.synth.get(k) for k in SYNTH_FLAGS))
         self.tracks: dict[str, list[Track]] = {}
         self._decoded: Path | None = None
@@ -253,14 +256,26 @@ class MSSDataModule(L.LightningDataModule):
             return batch.float().mul_(1 / 32768)
         return batch
 
+    @property
+    def segment_frames(self) -> int:
+        """Samples of every training item: ``segment`` plus ``segment_margin`` seconds."""
+        return round((self.segment + self.segment_margin) * self.sample_rate)
+
+    def train_dataset(self, int16: bool | None = None):
+        """The training examples (call :meth:`setup` first): a dataset of ``samples_per_epoch`` items with the
+        :class:`SegmentDataset` protocol (``item_shape``, ``item_dtype``, ``with_presence``, ``read(index, out,
+        present)``, ``describe``), which :meth:`train_dataloader` wraps in a :class:`SeededDataset`; ``data=multi``
+        draws from its children's. ``int16``: items as 16-bit samples (default :meth:`int16_batches`)."""
+        return SegmentDataset(self.tracks["train"], self.sources, segment=self.segment_frames,
+                              samples_per_epoch=self.samples_per_epoch, channels=self.channels,
+                              sample_rate=self.sample_rate, random_tracks=self.random_tracks, convert=self.convert,
+                              repitch=self.repitch, int16=self.int16_batches() if int16 is None else int16,
+                              effects=self.effects)
+
     def train_dataloader(self) -> DataLoader:
         """Training batches ``(B, S, C, T)``: float32, or int16 when :meth:`int16_batches` (Lightning converts them
         in :meth:`on_after_batch_transfer`; a plain loop calls it itself)."""
-        segment = round((self.segment + self.segment_margin) * self.sample_rate)
-        dataset = SegmentDataset(self.tracks["train"], self.sources, segment=segment,
-                                 samples_per_epoch=self.samples_per_epoch, channels=self.channels,
-                                 sample_rate=self.sample_rate, random_tracks=self.random_tracks, convert=self.convert,
-                                 repitch=self.repitch, int16=self.int16_batches(), effects=self.effects)
+        dataset = self.train_dataset()
         rank, world = self._rank_world
         seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         self._sampler = EpochSampler(len(dataset), seed=seed, rank=rank, world_size=world)

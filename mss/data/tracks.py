@@ -180,9 +180,19 @@ def _scan_track(folder: Path, sources, aggregates, extension, sample_rate, chann
             raise DatasetError(f"{own}: missing stem file for source '{source}'{how} in track '{folder.name}' (set "
                                "data.missing_stems=allow to train on tracks that lack some sources)")
     mixture = folder / f"mixture.{extension}"
-    every = [Path(f) for fs in resolved.values() for f in fs] + ([mixture] if mixture.is_file() else [])
+    return build_track(folder.name, resolved, mixture if mixture.is_file() else None, sample_rate=sample_rate,
+                       channels=channels, convert=convert, where=str(folder))
+
+
+def build_track(name: str, resolved: dict[str, tuple[str, ...]], mixture: str | os.PathLike | None, *,
+                sample_rate: int, channels: int, convert: bool, where: str) -> Track:
+    """A checked :class:`Track` from its files (``resolved``: the files summed for each source, ``()`` when absent):
+    sample rate / channels as ``find_tracks`` requires them, one length and rate for all files, float files finite,
+    and the mixture statistics; ``where`` (a folder, a listing) prefixes the errors."""
+    mixture = Path(mixture) if mixture is not None else None
+    every = [Path(f) for fs in resolved.values() for f in fs] + ([mixture] if mixture is not None else [])
     if not any(resolved.values()):
-        raise DatasetError(f"{folder}: track '{folder.name}' has none of the sources {list(sources)}")
+        raise DatasetError(f"{where}: track '{name}' has none of the sources {list(resolved)}")
     infos = [audio_info(f) for f in every]
     for info in infos:
         if not convert and info.sample_rate != sample_rate:
@@ -191,12 +201,13 @@ def _scan_track(folder: Path, sources, aggregates, extension, sample_rate, chann
         if not convert and info.channels != channels:
             raise AudioError(f"{info.path}: has {info.channels} channel(s), expected data.channels={channels} "
                              f"(set data.convert=true to convert on load)")
-    lengths = {info.path.name: info.frames for info in infos}
-    if len(set(lengths.values())) > 1:
-        raise AudioError(f"{folder}: files of one track differ in length: {lengths}")
+    short = len({info.path.name for info in infos}) == len(infos)  # file names say it unless two share one
+    lengths = {info.path.name if short else str(info.path): info.frames for info in infos}
+    if len({info.frames for info in infos}) > 1:
+        raise AudioError(f"{where}: files of track '{name}' differ in length: {lengths}")
     if len({info.sample_rate for info in infos}) > 1:
-        raise AudioError(f"{folder}: files of one track differ in sample rate")
-    track = Track(folder.name, resolved, str(mixture) if mixture.is_file() else None, infos[0].frames,
+        raise AudioError(f"{where}: files of track '{name}' differ in sample rate")
+    track = Track(name, resolved, str(mixture) if mixture is not None else None, infos[0].frames,
                   infos[0].sample_rate, 0.0, 1.0)
     for info in infos:  # float files are read whole once here (and cached as checked): NaN/Inf fail before training
         if info.subtype in FLOAT_SUBTYPES and info.path != mixture:  # the mixture is read just below
