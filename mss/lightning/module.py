@@ -190,6 +190,7 @@ class SeparationModule(L.LightningModule):
         weighted mean; ``missing_stems="silence"`` trains absent targets toward silence like any silent stem."""
         estimates = self.net(stems.sum(dim=1))
         weights = self.source_weights
+        count = [stems.shape[0]] * len(self.sources)  # examples behind each source's value (its logging weight)
         if present is None or self.missing_stems == "silence" or bool(present.all()):
             per_source = self.loss(estimates, stems)
         else:
@@ -198,12 +199,12 @@ class SeparationModule(L.LightningModule):
             count = mask.sum(0)
             per_source = (per_example * mask).sum(0) / count.clamp(min=1)
             weights = weights * (count > 0)
+            count = [int(c) for c in count]
         loss = (per_source * weights).sum() / weights.sum().clamp(min=1e-12)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=stems.shape[0],
                  sync_dist=True)  # the global batch's loss under DDP
-        for name, value in zip(self.sources, per_source.detach()):
-            self.log(f"train/loss/{name}", value, on_step=False, on_epoch=True, batch_size=stems.shape[0],
-                     sync_dist=True)
+        for name, value, n in zip(self.sources, per_source.detach(), count):  # absent from the batch: weight 0
+            self.log(f"train/loss/{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
     def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
@@ -295,14 +296,17 @@ class SeparationModule(L.LightningModule):
         # tracks are split across DDP ranks: per-track scores are gathered at the epoch's end and aggregated over all
         # tracks of all ranks (median or mean, see aggregate); a source the track lacks (batch["present"]) scores
         # NaN there, which every aggregate skips (museval's rule for a silent reference)
-        estimates = self.separate(batch["mixture"])
-        present = batch["present"][0] if "present" in batch else None
-        for key, value in self.track_scores(batch["stems"][0], estimates[0]).items():
+        estimates = self.separate(batch["mixture"])[0]
+        stems = batch["stems"][0]
+        present = batch["present"][0].to(stems.device) if "present" in batch else None
+        if present is not None and not bool(present.all()):  # scored on the sources the track has
+            stems, estimates = stems[present], estimates[present]
+        for key, value in self.track_scores(stems, estimates).items():
             if key == "loss":
                 self.log("val/loss", value, batch_size=1, sync_dist=True)
                 continue
-            if present is not None:
-                value = value.masked_fill(~present.to(value.device), math.nan)
+            if present is not None and not bool(present.all()):
+                value = value.new_full((len(self.sources),), math.nan).masked_scatter(present, value)
             self._val_tracks.setdefault(key, []).append(value)
 
     def track_scores(self, stems: torch.Tensor, estimates: torch.Tensor) -> dict[str, torch.Tensor]:
