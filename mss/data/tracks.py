@@ -180,9 +180,18 @@ def _scan_track(folder: Path, sources, aggregates, extension, sample_rate, chann
             raise DatasetError(f"{own}: missing stem file for source '{source}'{how} in track '{folder.name}' (set "
                                "data.missing_stems=allow to train on tracks that lack some sources)")
     mixture = folder / f"mixture.{extension}"
-    every = [Path(f) for fs in resolved.values() for f in fs] + ([mixture] if mixture.is_file() else [])
     if not any(resolved.values()):
         raise DatasetError(f"{folder}: track '{folder.name}' has none of the sources {list(sources)}")
+    return checked_track(folder, folder.name, resolved, mixture if mixture.is_file() else None, sample_rate,
+                         channels, convert)
+
+
+def checked_track(folder: Path, name: str, resolved: dict[str, tuple[str, ...]], mixture: Path | None,
+                  sample_rate: int, channels: int, convert: bool) -> Track:
+    """The :class:`Track` of ``resolved`` source files (and ``mixture``, or ``None``), after checking that every file
+    has ``sample_rate``/``channels`` (unless ``convert``) and that all share one length and rate; float files are
+    read whole (a NaN/Inf is an error naming the file) and the mixture's mean/std computed."""
+    every = [Path(f) for fs in resolved.values() for f in fs] + ([mixture] if mixture is not None else [])
     infos = [audio_info(f) for f in every]
     for info in infos:
         if not convert and info.sample_rate != sample_rate:
@@ -196,7 +205,7 @@ def _scan_track(folder: Path, sources, aggregates, extension, sample_rate, chann
         raise AudioError(f"{folder}: files of one track differ in length: {lengths}")
     if len({info.sample_rate for info in infos}) > 1:
         raise AudioError(f"{folder}: files of one track differ in sample rate")
-    track = Track(folder.name, resolved, str(mixture) if mixture.is_file() else None, infos[0].frames,
+    track = Track(name, resolved, str(mixture) if mixture is not None else None, infos[0].frames,
                   infos[0].sample_rate, 0.0, 1.0)
     for info in infos:  # float files are read whole once here (and cached as checked): NaN/Inf fail before training
         if info.subtype in FLOAT_SUBTYPES and info.path != mixture:  # the mixture is read just below
