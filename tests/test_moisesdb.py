@@ -54,9 +54,9 @@ def expected(root: Path, split: str, index: int, stem_to_source: dict[str, str],
 
 
 def datamodule(root: Path, tmp_path: Path, config: str = "moisesdb", *overrides: str):
-    cfg = compose("train", [f"data={config}", f"data.root={root}", f"paths.output_dir={tmp_path / 'run'}",
-                            f"paths.cache_dir={tmp_path / 'cache'}", "data.valid_tracks=valid_tracks.txt",
-                            "data.test_tracks=test_tracks.txt", *overrides])
+    cfg = compose("train", [f"data={config}", f"data.root={'null' if root is None else root}",
+                            f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}",
+                            "data.valid_tracks=valid_tracks.txt", "data.test_tracks=test_tracks.txt", *overrides])
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()
     dm.setup(None)
@@ -184,6 +184,13 @@ def test_default_split_of_the_config(root, tmp_path):
     assert not {t.name for t in dm.tracks["test"]} & {t.name for t in dm.tracks["valid"]}
 
 
+def test_generated_on_first_use_into_the_cache(tmp_path):
+    dm = datamodule(None, tmp_path, "moisesdb", "data.synth={n_train:2,n_valid:1,n_test:1,duration:4.0,seed:1}")
+    assert dm.root.parent == tmp_path / "cache" / "synth" and read_manifest(dm.root)["params"]["layout"] == "moisesdb"
+    assert [t.name for t in dm.tracks["valid"]] == [song_id(SEED, "valid", 0)]
+    assert [len(dm.tracks[s]) for s in ("train", "valid", "test")] == [2, 1, 1]
+
+
 def test_scan_is_cached_by_listing(root, tmp_path, monkeypatch):
     import mss.data.moisesdb as moisesdb
 
@@ -199,6 +206,10 @@ def test_scan_is_cached_by_listing(root, tmp_path, monkeypatch):
                      ["drums", "bass", "other", "vocals"])
     with pytest.raises(pytest.fail.Exception, match="scanned again"):
         find_songs(copy, other, sample_rate=44100, channels=2, cache_dir=tmp_path / "cache")
+    meta = copy / PROVIDER / song_id(SEED, "train", 0) / "data.json"
+    meta.write_text(meta.read_text() + " ")
+    with pytest.raises(pytest.fail.Exception, match="scanned again"):
+        find_songs(copy, tax, sample_rate=44100, channels=2, cache_dir=tmp_path / "cache")
 
 
 def test_errors_name_the_file_and_key(root, tmp_path):
@@ -231,6 +242,8 @@ def test_errors_name_the_file_and_key(root, tmp_path):
         with pytest.raises(DatasetError, match=pattern) as err:
             find_songs(copy, tax, sample_rate=44100, channels=2)
         assert str(path) in str(err.value)
+    with pytest.raises(DatasetError, match=r"song .* has no tracks for source '(bass|vocals)' \(4 song/source pairs"):
+        datamodule(root, tmp_path, "moisesdb", "data.missing_stems=error")
     with pytest.raises(DatasetError, match="no song folders with a data.json"):
         find_songs(tmp_path / "bad" / PROVIDER / sid, tax, sample_rate=44100, channels=2)
 

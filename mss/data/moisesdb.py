@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from mss.data.datamodule import MSSDataModule
-from mss.data.tracks import METADATA_VERSION, DatasetError, Track, _listing_key, checked_track
+from mss.data.tracks import METADATA_VERSION, MISSING, DatasetError, Track, _listing_key, checked_track
 from mss.utils import atomic_write_text
 
 log = logging.getLogger("mss.data")
@@ -271,6 +271,8 @@ class MoisesDBDataModule(MSSDataModule):
         split_seed: seed of the fraction split.
         mapping_file: where :meth:`setup` writes the mapping report (JSON; ``null``: nowhere); ``conf/data/moisesdb``
             puts it into the run directory.
+
+    ``synth`` (as in ``data=synth``) generates a synthetic MoisesDB-layout dataset (``layout=moisesdb``).
     """
 
     def __init__(self, *, taxonomy: dict[str, list[str]] | None = None, unmapped: str = "other", test_tracks=0.1,
@@ -282,9 +284,9 @@ class MoisesDBDataModule(MSSDataModule):
                              "in data.taxonomy instead (e.g. accompaniment: [drums, bass, guitar, piano, ...])")
         if kw.get("synth") is not None:
             kw["synth"] = {**kw["synth"], "layout": "moisesdb"}
+        if missing_stems not in MISSING:
+            raise ValueError(f"data.missing_stems={missing_stems!r}: expected one of {MISSING}")
         super().__init__(missing_stems=missing_stems, **kw)
-        if self.missing_stems != "allow":
-            log.info("data.missing_stems=%s: every MoisesDB song must have every source", self.missing_stems)
         self.taxonomy = Taxonomy(taxonomy or {}, self.sources, unmapped)
         self.test_spec, self.split_seed = test_tracks, int(split_seed)
         self.mapping_file = Path(mapping_file).expanduser() if mapping_file else None
