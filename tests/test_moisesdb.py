@@ -226,7 +226,9 @@ def test_errors_name_the_file_and_key(root, tmp_path):
     sid = song_id(SEED, "train", 0)
     cases = [
         (lambda m: "{not json", r"data.json: not a readable JSON file"),
-        (lambda m: json.dumps({"song": "x"}), r"data.json: key 'data.stems' is missing"),
+        (lambda m: json.dumps({"song": "x"}), r"data.json: key 'stems' is missing"),
+        (lambda m: json.dumps({**m, "stems": {"vocals": []}}),
+         r"data.json: key 'stems' is \{'vocals': \[\]\}, expected a list"),
         (lambda m: json.dumps({**m, "stems": [{**m["stems"][0], "tracks": [
             {k: v for k, v in m["stems"][0]["tracks"][0].items() if k != "trackType"}]}]}),
          r"data.json: key 'stems\[0\].tracks\[0\].trackType' is missing"),

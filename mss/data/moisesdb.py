@@ -64,7 +64,7 @@ class Taxonomy:
     """
 
     def __init__(self, rules: dict[str, list[str]], sources: list[str], unmapped: str = "other"):
-        rules = {str(k): list(v or []) for k, v in (rules or {}).items()}
+        rules = {str(k): [v] if isinstance(v, str) else list(v or []) for k, v in (rules or {}).items()}
         extra = sorted(set(rules) - set(sources))
         if extra:
             raise DatasetError(f"data.taxonomy names source(s) {extra} that are not in data.sources={list(sources)}")
@@ -109,20 +109,21 @@ class Taxonomy:
             raise DatasetError(f"{where}: track type {track_type!r} of stem {stem!r} matches the rules "
                                f"{sorted(rule for _, rule in hits)} of different sources")
         if hits:
-            return next(iter(hits))
+            return min(hits)  # one source; the first of its matching rules
         if stem in self._stem:
             return self._stem[stem]
         return (None if self.unmapped == DROP else self.unmapped), f"unmapped={self.unmapped}"
 
 
 def _field(obj, key: str, kind, where: str, path: Path):
+    where = f"{where}.{key}" if where else key
     if not isinstance(obj, dict) or key not in obj:
-        raise DatasetError(f"{path}: key '{where}.{key}' is missing (MoisesDB data.json: stems[i].stemName, "
+        raise DatasetError(f"{path}: key '{where}' is missing (MoisesDB data.json: stems[i].stemName, "
                            f"stems[i].tracks[j].trackType/id/extension)")
     value = obj[key]
     if not isinstance(value, kind) or (isinstance(value, str) and not value.strip()):
-        raise DatasetError(f"{path}: key '{where}.{key}' is {value!r}, expected a non-empty "
-                           f"{'list' if kind is list else 'string'}")
+        raise DatasetError(f"{path}: key '{where}' is {value!r}, expected "
+                           f"{'a list' if kind is list else 'a non-empty string'}")
     return value
 
 
@@ -136,7 +137,7 @@ def read_song(folder: Path, taxonomy: Taxonomy) -> tuple[dict[str, list[str]], l
         raise DatasetError(f"{path}: not a readable JSON file ({err})") from None
     if not isinstance(meta, dict):
         raise DatasetError(f"{path}: expected a JSON object with key 'stems', got {type(meta).__name__}")
-    stems = _field(meta, "stems", list, "data", path)
+    stems = _field(meta, "stems", list, "", path)
     files: dict[str, list[str]] = {s: [] for s in taxonomy.sources}
     entries = []
     for i, stem in enumerate(stems):
@@ -322,5 +323,11 @@ class MoisesDBDataModule(MSSDataModule):
         self._scan()
         self.valid_spec = self._split["valid"]  # resolved: the base class takes these names out of training
         super().setup(stage)
-        if self.mapping_file is not None and self._rank_world[0] == 0:
+        if self._rank_world[0] != 0:
+            return
+        per = ", ".join(f"{s} {m['files']} files in {m['songs']} songs" for s, m in self.mapping["sources"].items())
+        dropped = sum(self.mapping["dropped"].values())
+        log.info("MoisesDB mapping of %d songs: %s; %d tracks dropped%s", self.mapping["songs"], per, dropped,
+                 f"; written to {self.mapping_file}" if self.mapping_file is not None else "")
+        if self.mapping_file is not None:
             atomic_write_text(self.mapping_file, json.dumps(self.mapping, indent=2) + "\n")
