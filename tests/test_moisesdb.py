@@ -179,7 +179,10 @@ def test_default_split_of_the_config(root, tmp_path):
     cfg = compose("train", ["data=moisesdb", f"data.root={root}", f"paths.output_dir={tmp_path}",
                             f"paths.cache_dir={tmp_path / 'cache'}", "data.test_tracks=0.2", "data.valid_tracks=0.2"])
     dm = instantiate(cfg.data, _convert_="all")
-    dm.setup(None)
+    dm.setup("test")  # what mss.evaluate does: the mapping stays with the training run (none written here)
+    assert not (tmp_path / "moisesdb_mapping.json").exists()
+    dm.setup("fit")
+    assert json.loads((tmp_path / "moisesdb_mapping.json").read_text())["songs"] == 5
     assert [len(dm.tracks[s]) for s in ("train", "valid", "test")] == [3, 1, 1]
     assert not {t.name for t in dm.tracks["test"]} & {t.name for t in dm.tracks["valid"]}
 

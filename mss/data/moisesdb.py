@@ -270,8 +270,8 @@ class MoisesDBDataModule(MSSDataModule):
         unmapped: the source that takes unclaimed tracks, or ``drop``.
         test_tracks, valid_tracks: fraction, file of song ids relative to ``root``, list of ids, or null.
         split_seed: seed of the fraction split.
-        mapping_file: where :meth:`setup` writes the mapping report (JSON; ``null``: nowhere); ``conf/data/moisesdb``
-            puts it into the run directory.
+        mapping_file: where :meth:`setup` for training (stage ``fit``) writes the mapping report (JSON; ``null``:
+            nowhere); ``conf/data/moisesdb`` puts it into the run directory.
 
     ``synth`` (as in ``data=synth``) generates a synthetic MoisesDB-layout dataset (``layout=moisesdb``).
     """
@@ -325,9 +325,12 @@ class MoisesDBDataModule(MSSDataModule):
         super().setup(stage)
         if self._rank_world[0] != 0:
             return
+        # written when training sets up (stage fit), not when mss.evaluate reads a checkpoint's test songs: its stored
+        # data config names the training run's directory
+        write = self.mapping_file is not None and stage in ("fit", None)
         per = ", ".join(f"{s} {m['files']} files in {m['songs']} songs" for s, m in self.mapping["sources"].items())
-        dropped = sum(self.mapping["dropped"].values())
-        log.info("MoisesDB mapping of %d songs: %s; %d tracks dropped%s", self.mapping["songs"], per, dropped,
-                 f"; written to {self.mapping_file}" if self.mapping_file is not None else "")
-        if self.mapping_file is not None:
-            atomic_write_text(self.mapping_file, json.dumps(self.mapping, indent=2) + "\n")
+        log.info("MoisesDB mapping of %d songs: %s; %d tracks dropped%s", self.mapping["songs"], per,
+                 sum(self.mapping["dropped"].values()), f"; written to {self.mapping_file}" if write else "")
+        text = json.dumps(self.mapping, indent=2) + "\n"
+        if write and not (self.mapping_file.is_file() and self.mapping_file.read_text() == text):
+            atomic_write_text(self.mapping_file, text)
