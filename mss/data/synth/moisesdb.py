@@ -14,7 +14,7 @@ each::
                                        "has_bleed": false}, ...]}, ...]}
 
 There is no mixture file (the mixture is the sum of every track). The generator writes the same: per song a plan
-(:func:`song_plan`) of 6 to 10 instrument tracks in up to 7 stems, rendered with the MUSDB-layout synthesisers
+(:func:`song_plan`) of 3 to 9 instrument tracks in up to 7 stems, rendered with the MUSDB-layout synthesisers
 (:mod:`mss.data.synth.instruments`; two guitar tracks are two independent performances of the ``other``
 synthesiser, percussion is a second drum kit, ...), each with its own silent section, quantised together so that
 their sum does not clip. Some songs lack whole stems, by a seeded pattern over the song index: every fourth song
