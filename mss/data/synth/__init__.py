@@ -1,4 +1,4 @@
-"""Deterministic synthetic multitrack songs in the MUSDB18-HQ layout.
+"""Deterministic synthetic multitrack songs in the MUSDB18-HQ layout (or the MoisesDB layout).
 
 MUSDB18 cannot be downloaded everywhere, yet the framework's loaders, training, evaluation and CLIs should run
 end to end on *real files*. :func:`generate` writes a small dataset of synthetic songs laid out like
@@ -34,14 +34,19 @@ a few LSB where transcendental functions round differently.
 CLI::
 
     python -m mss.data.synth root=DIR [n_train=8 n_valid=2 n_test=3 duration=12 seed=0 \
-        sources=[vocals,accompaniment] bit_depth=16 dither=true stems_mp4=false overwrite=false]
+        sources=[vocals,accompaniment] bit_depth=16 dither=true stems_mp4=false overwrite=false layout=musdb]
+
+``layout=moisesdb`` writes MoisesDB's layout instead (``moisesdb_v0.1/<song id>/data.json`` and one WAV file per
+instrument track, several per stem, some stems absent; :mod:`~mss.data.synth.moisesdb`), read by ``data=moisesdb``::
+
+    python -m mss.data.synth root=DIR layout=moisesdb n_train=4 n_valid=1 n_test=1 duration=6
 
 The defaults (:class:`SynthConfig`) are those of ``data=synth`` (``conf/data/synth.yaml`` mirrors them; a test
 checks that the two agree), so ``python -m mss.train data.root=DIR`` trains on what this command wrote.
 
 Modules: :mod:`~mss.data.synth.song` (song plan, arrangement, note lines, seeds), :mod:`~mss.data.synth.instruments`
 (the synthesisers and each source's performance), :mod:`~mss.data.synth.writer` (tracks and datasets on disk),
-:mod:`~mss.data.synth.cli` (the command line).
+:mod:`~mss.data.synth.cli` (the command line), :mod:`~mss.data.synth.moisesdb` (the MoisesDB layout).
 """
 
 from mss.data.synth.cli import SynthConfig, main

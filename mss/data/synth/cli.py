@@ -35,6 +35,7 @@ class SynthConfig:
     stems_mp4: bool = False
     overwrite: bool = False
     panned_mono: dict[str, float] = field(default_factory=dict)
+    layout: str = "musdb"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,7 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = opts["n_train"] + opts["n_valid"] + opts["n_test"]
     what = "already complete" if before == (root / MANIFEST).read_text() else "wrote"
     fmt = "float" if opts["bit_depth"] == 32 else f"PCM_{opts['bit_depth']}"
-    print(f"{what}: {root} ({n} tracks: {opts['n_train']} train + {opts['n_valid']} valid in train/, "
-          f"{opts['n_test']} test; {'/'.join(opts['sources'])}; {opts['duration']:g} s at "
+    where = (f"MoisesDB layout, {opts['n_valid']} valid + {opts['n_test']} test listed in valid_tracks.txt / "
+             "test_tracks.txt" if opts["layout"] == "moisesdb" else
+             f"{opts['n_valid']} valid in train/, {opts['n_test']} test; {'/'.join(opts['sources'])}")
+    print(f"{what}: {root} ({n} tracks: {opts['n_train']} train + {where}; {opts['duration']:g} s at "
           f"{opts['sample_rate']} Hz, {fmt}{'; + stems/*.stem.mp4' if opts['stems_mp4'] else ''})")
     return 0

@@ -371,13 +371,16 @@ _RATE_DIV = {"bass": 4, "other": 2, "vocals": 2, "piano": 2}  # render-rate divi
 # ----------------------------------------------------------------------------------------------- performance
 
 
-def performance(name: str, song: Song, seed: int, split: str, index: int) -> Array:
-    """A source's levelled, reverberated performance over the whole track (n, c)."""
+def performance(name: str, song: Song, seed: int, split: str, index: int, key: str | None = None) -> Array:
+    """A source's levelled, reverberated performance over the whole track (n, c). ``key`` (default ``name``) names
+    the performer in the seeds: two performances of one synthesiser with different keys (the two guitar tracks of a
+    MoisesDB-layout song) are independent."""
+    key = name if key is None else key
     if name == "accompaniment":
         x = sum(performance(s, song, seed, split, index) for s in _ACCOMPANIMENT)
-        rng = track_rng(seed, split, index, name_key(name), 0)
+        rng = track_rng(seed, split, index, name_key(key), 0)
     else:
-        rng = track_rng(seed, split, index, name_key(name), 0)
+        rng = track_rng(seed, split, index, name_key(key), 0)
         div = _RATE_DIV.get(name, 1)
         while song.sr % div:
             div //= 2

@@ -30,6 +30,7 @@ FORMAT_VERSION = 1
 N_TRAIN, N_VALID, N_TEST, DURATION, SEED = 8, 2, 3, 12.0, 0
 MIN_DURATION = 4.0  # a >= 1.5 s silent section plus > 50 % activity needs a few seconds
 MANIFEST = "synth.json"
+LAYOUTS = ("musdb", "moisesdb")
 VALID_LIST = "valid_tracks.txt"
 
 Array = np.ndarray
@@ -73,27 +74,44 @@ def render_track(split: str, index: int, *, sources: Sequence[str] = MUSDB_SOURC
         if name in panned:
             x = pan_mono(x.mean(axis=1), panned[name])
         perf.append(x * masks[-1][:, None])
-    # headroom: neither the mixture nor any stem may exceed the peak target, minus the worst rounding+dither
-    full = 2 ** (min(bit_depth, 24) - 1) - 1
-    peak = max(float(np.abs(sum(perf)).max()), *(float(np.abs(p).max()) for p in perf))
-    scale = (10 ** (song.peak_db / 20) * full - 2 * len(sources)) / peak
-    stems = {}
-    for name, x, mask, rng in zip(sources, perf, masks, rngs):
-        y = x * scale
-        if dither:  # TPDF, +-1 LSB, only where the source plays: silent sections stay exact zeros
-            y += (rng.random(y.shape) - rng.random(y.shape)) * (mask > 0)[:, None]
-        stems[name] = np.rint(y).astype(np.int64)
+    stems = quantise(dict(zip(sources, perf)), dict(zip(sources, masks)), dict(zip(sources, rngs)), song.peak_db,
+                     bit_depth, dither)
+    for name in sources:
         if panned.get(name) == 0.0:  # centred mono: one rounding for both channels (bit-identical)
             stems[name][:, 1:] = stems[name][:, :1]
     mix = sum(stems.values())
+    full = 2 ** (min(bit_depth, 24) - 1) - 1
     if np.abs(mix).max() > full:  # cannot happen by construction; guard the invariant anyway
         raise RuntimeError("synthetic mixture clips; this is a bug in mss.data.synth")
-    out = {"mixture": mix, **stems}
+    return {k: to_stored(v, bit_depth) for k, v in {"mixture": mix, **stems}.items()}
+
+
+def quantise(perf: Mapping[str, Array], masks: Mapping[str, Array], rngs: Mapping[str, np.random.Generator],
+             peak_db: float, bit_depth: int, dither: bool) -> dict[str, Array]:
+    """Scale the performances ``{name: (n, c)}`` (already multiplied by their arrangement ``masks``) so that neither
+    their sum nor any one of them exceeds ``peak_db`` after rounding and dither, dither them (TPDF, +-1 LSB, from
+    ``rngs[name]``, only where ``masks[name] > 0``: silent sections stay exact zeros) and round: ``{name: (n, c)}``
+    int64 on the ``min(bit_depth, 24)``-bit grid."""
+    full = 2 ** (min(bit_depth, 24) - 1) - 1
+    peak = max(float(np.abs(sum(perf.values())).max()), *(float(np.abs(p).max()) for p in perf.values()))
+    scale = (10 ** (peak_db / 20) * full - 2 * len(perf)) / peak
+    stems = {}
+    for name, x in perf.items():
+        y = x * scale
+        if dither:
+            y += (rngs[name].random(y.shape) - rngs[name].random(y.shape)) * (masks[name] > 0)[:, None]
+        stems[name] = np.rint(y).astype(np.int64)
+    return stems
+
+
+def to_stored(x: Array, bit_depth: int) -> Array:
+    """int64 samples from :func:`quantise` as stored by :func:`_write_wav`: int16 (16), int32 holding 24-bit
+    values (24), float32 on a 2**-23 grid (32)."""
     if bit_depth == 16:
-        return {k: v.astype(np.int16) for k, v in out.items()}
+        return x.astype(np.int16)
     if bit_depth == 24:
-        return {k: v.astype(np.int32) for k, v in out.items()}
-    return {k: (v / 2.0**23).astype(np.float32) for k, v in out.items()}
+        return x.astype(np.int32)
+    return (x / 2.0**23).astype(np.float32)
 
 
 def check_panned_mono(panned_mono: Mapping[str, float] | None, sources: Sequence[str]) -> dict[str, float]:
@@ -167,8 +185,9 @@ def _write_stem_mp4(path: Path, audio: dict[str, Array], sr: int, bit_depth: int
 def generate(root: str | os.PathLike, *, sources: Sequence[str] = MUSDB_SOURCES, n_train: int = N_TRAIN,
              n_valid: int = N_VALID, n_test: int = N_TEST, duration: float = DURATION, sample_rate: int = 44100,
              seed: int = SEED, bit_depth: int = 16, dither: bool = True, stems_mp4: bool = False,
-             overwrite: bool = False, panned_mono: Mapping[str, float] | None = None) -> Path:
-    """Write a synthetic dataset in the MUSDB18-HQ layout under ``root`` (see :mod:`mss.data.synth`).
+             overwrite: bool = False, panned_mono: Mapping[str, float] | None = None, layout: str = "musdb") -> Path:
+    """Write a synthetic dataset in the MUSDB18-HQ layout (or the MoisesDB layout) under ``root`` (see
+    :mod:`mss.data.synth`).
 
     Generation happens in a temporary sibling folder that is renamed into place, ``valid_tracks.txt`` and
     ``synth.json`` being written last, so ``root`` is either absent or complete.
@@ -187,6 +206,11 @@ def generate(root: str | os.PathLike, *, sources: Sequence[str] = MUSDB_SOURCES,
         overwrite: replace an existing synthetic dataset generated with other parameters. A non-empty folder
             without a manifest is never deleted.
         panned_mono: ``{source: pan}`` of sources rendered as panned mono (see :func:`render_track`).
+        layout: ``musdb`` (MUSDB18-HQ: ``{train,test}/<track>/<source>.wav``) or ``moisesdb`` (MoisesDB:
+            ``moisesdb_v0.1/<song id>/data.json`` and ``<stemName>/<track id>.wav`` per instrument track, some
+            stems absent, the valid and test song ids in ``valid_tracks.txt`` / ``test_tracks.txt``; see
+            :mod:`mss.data.synth.moisesdb`). ``sources`` does not apply to it (its songs have their own
+            instruments), nor ``stems_mp4`` and ``panned_mono``.
 
     Returns:
         ``Path(root)``.
@@ -197,7 +221,13 @@ def generate(root: str | os.PathLike, *, sources: Sequence[str] = MUSDB_SOURCES,
             files.
     """
     root = Path(root).expanduser()
-    sources = check_sources(sources)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
+    moises = layout == "moisesdb"
+    if moises and (stems_mp4 or panned_mono):
+        raise ValueError("layout=moisesdb writes one WAV file per instrument track: stems_mp4 and panned_mono apply "
+                         "to layout=musdb only")
+    sources = MUSDB_SOURCES if moises else check_sources(sources)
     if bit_depth not in (16, 24, 32):
         raise ValueError(f"bit_depth must be 16, 24 or 32 (float), got {bit_depth}")
     if not float(duration) >= MIN_DURATION:
@@ -217,6 +247,9 @@ def generate(root: str | os.PathLike, *, sources: Sequence[str] = MUSDB_SOURCES,
               "n_test": int(n_test), "duration": float(duration), "sample_rate": int(sample_rate),
               "seed": int(seed), "bit_depth": int(bit_depth), "dither": bool(dither),
               "stems_mp4": bool(stems_mp4)}
+    if moises:  # recorded only for this layout: datasets written before the option keep matching their manifest
+        del params["sources"]
+        params["layout"] = layout
     panned = check_panned_mono(panned_mono, sources)
     if panned:  # recorded only when used: datasets written before the option keep matching their manifest
         params["panned_mono"] = panned
@@ -247,32 +280,56 @@ def generate(root: str | os.PathLike, *, sources: Sequence[str] = MUSDB_SOURCES,
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        for split, subset in (("train", "train"), ("valid", "train"), ("test", "test")):
-            (tmp / subset).mkdir(parents=True, exist_ok=True)
-            if stems_mp4:
-                (tmp / "stems" / subset).mkdir(parents=True, exist_ok=True)
-            for index, name in enumerate(names[split]):
-                folder = tmp / subset / name
-                folder.mkdir()
-                audio = render_track(split, index, sources=sources, duration=duration,
-                                     sample_rate=int(sample_rate), seed=int(seed), bit_depth=bit_depth,
-                                     dither=dither, panned_mono=panned)
-                for stem, x in audio.items():
-                    _write_wav(folder / f"{stem}.wav", x, int(sample_rate), bit_depth)
-                if stems_mp4:
-                    mp4 = tmp / "stems" / subset / f"{name}.stem.mp4"
-                    _write_stem_mp4(mp4, audio, int(sample_rate), bit_depth)
-        valid_text = "".join(f"{name}\n" for name in names["valid"])
-        if stems_mp4:
-            (tmp / "stems" / VALID_LIST).write_text(valid_text)
-        (tmp / VALID_LIST).write_text(valid_text)
-        manifest = {"format": "mss.data.synth", "version": FORMAT_VERSION, "params": params, "tracks": names}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if moises:
+            _write_moisesdb(tmp, names, duration=duration, sample_rate=int(sample_rate), seed=int(seed),
+                            bit_depth=bit_depth, dither=dither)
+        else:
+            _write_musdb(tmp, names, sources=sources, duration=duration, sample_rate=int(sample_rate),
+                         seed=int(seed), bit_depth=bit_depth, dither=dither, stems_mp4=stems_mp4, panned=panned)
+        (tmp / MANIFEST).write_text(json.dumps({"format": "mss.data.synth", "version": FORMAT_VERSION,
+                                                "params": params, "tracks": names}, indent=2) + "\n")
         _move_into_place(tmp, root, params, replacing)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _write_musdb(tmp: Path, names: dict[str, list[str]], *, sources, duration, sample_rate, seed, bit_depth, dither,
+                 stems_mp4, panned) -> None:
+    for split, subset in (("train", "train"), ("valid", "train"), ("test", "test")):
+        (tmp / subset).mkdir(parents=True, exist_ok=True)
+        if stems_mp4:
+            (tmp / "stems" / subset).mkdir(parents=True, exist_ok=True)
+        for index, name in enumerate(names[split]):
+            folder = tmp / subset / name
+            folder.mkdir()
+            audio = render_track(split, index, sources=sources, duration=duration, sample_rate=sample_rate,
+                                 seed=seed, bit_depth=bit_depth, dither=dither, panned_mono=panned)
+            for stem, x in audio.items():
+                _write_wav(folder / f"{stem}.wav", x, sample_rate, bit_depth)
+            if stems_mp4:
+                _write_stem_mp4(tmp / "stems" / subset / f"{name}.stem.mp4", audio, sample_rate, bit_depth)
+    valid_text = "".join(f"{name}\n" for name in names["valid"])
+    if stems_mp4:
+        (tmp / "stems" / VALID_LIST).write_text(valid_text)
+    (tmp / VALID_LIST).write_text(valid_text)
+
+
+def _write_moisesdb(tmp: Path, names: dict[str, list[str]], *, duration, sample_rate, seed, bit_depth,
+                    dither) -> None:
+    """All songs under ``tmp/moisesdb_v0.1/<song id>``; ``names`` becomes ``{split: [song id, ...]}``."""
+    from mss.data.synth.moisesdb import PROVIDER, TEST_LIST, song_id, write_song
+
+    for split in ("train", "valid", "test"):
+        names[split] = [song_id(seed, split, index) for index in range(len(names[split]))]
+        for index, name in enumerate(names[split]):
+            folder = tmp / PROVIDER / name
+            folder.mkdir(parents=True)
+            write_song(folder, split, index, duration=duration, sample_rate=sample_rate, seed=seed,
+                       bit_depth=bit_depth, dither=dither, write_wav=_write_wav)
+    (tmp / VALID_LIST).write_text("".join(f"{name}\n" for name in names["valid"]))
+    (tmp / TEST_LIST).write_text("".join(f"{name}\n" for name in names["test"]))
 
 
 def _move_into_place(tmp: Path, root: Path, params: dict, replacing: bool) -> None:
