@@ -12,7 +12,9 @@ from that alone. A LoRA fine-tune (``module/finetune=lora``) stores the weights 
 
 from __future__ import annotations
 
+import importlib
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -59,13 +61,25 @@ def audio_constants(net: nn.Module) -> dict:
     return {"sources": list(net.sources), "sample_rate": int(net.sample_rate), "channels": int(net.audio_channels)}
 
 
+STATE_PACKAGES = ("torchao.optim",)  # optimisers whose checkpointed states are tensor subclasses
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """The raw checkpoint dict, checked to be an mss checkpoint."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            # optimiser states that are tensor subclasses (torchao's 8-bit AdamW: module/optimizer=adamw8bit) load
+            # once their package, whose import allowlists them for weights_only loading, is imported
+            package = next((p for p in STATE_PACKAGES if f"GLOBAL {p}." in str(err)), None)
+            if package is None:
+                raise
+            importlib.import_module(package)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise CheckpointError(f"{path}: cannot read checkpoint ({err})") from err
     if not isinstance(ckpt, dict) or "mss" not in ckpt or "model" not in ckpt.get("mss", {}):

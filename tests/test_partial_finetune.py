@@ -282,3 +282,22 @@ def test_optimizer_group_options_train_one_step_through_the_cli(synth_root, tmp_
     for ckpt in ckpts:
         assert load_model(ckpt) is not None
 
+
+
+@pytest.mark.slow
+def test_adamw8bit_trains_on_cpu_and_its_checkpoints_load(synth_root, tmp_path):
+    """module/optimizer=adamw8bit (torchao): one training epoch on the CPU; the checkpoint holds 8-bit quantised
+    moments for the tensors torchao quantises (4096 elements or more: the U-Net's wider convolutions here) and loads
+    with mss.load_model in a fresh process (torchao's tensor subclass allowlisted on demand)."""
+    run_dir = tmp_path / "run"
+    tiny = [o for o in TINY_TRAIN if not o.startswith("model.filters=")]
+    run("mss.train", "module/optimizer=adamw8bit", *tiny, "model.filters=[4,8,16,16,16,16]",
+        f"data.root={synth_root}", "data.synth=null", f"hydra.run.dir={run_dir}", "test=false",
+        f"paths.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    code = (f"import mss, torch; net = mss.load_model({str(ckpt)!r}); import torchao.optim; "
+            f"state = torch.load({str(ckpt)!r}, weights_only=True)['optimizer_states'][0]['state']; "
+            "print(sorted({type(s['exp_avg']).__name__ for s in state.values()}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "['OptimState8bit', 'Tensor']"
