@@ -21,7 +21,35 @@ from torch.utils.data import Dataset
 from mss.data.tracks import Track
 
 
-class SegmentDataset(Dataset):
+class ExcerptDataset(Dataset):
+    """The protocol of the training datasets (:class:`SegmentDataset`, :class:`mss.data.pools.PoolDataset`) that
+    :class:`mss.data.sampling.SeededDataset` writes into batches: ``samples_per_epoch`` items of :attr:`item_shape`,
+    read by the subclass's ``read(index, out=None, present=None)``; a subclass sets ``sources``, ``segment``,
+    ``load_kw`` and ``with_presence``."""
+
+    sources: list[str]
+    segment: int
+    samples_per_epoch: int
+    load_kw: dict
+    with_presence: bool
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    @property
+    def item_shape(self) -> tuple[int, int, int]:
+        """``(S, C, T)`` of every item."""
+        return len(self.sources), self.load_kw["channels"], self.segment
+
+    def __getitem__(self, index: int) -> torch.Tensor | dict:
+        """Stems ``(S, C, T)`` with T = segment; with :attr:`with_presence` ``{"stems", "present": (S,) bool}``."""
+        if not self.with_presence:
+            return self.read(index)
+        present = torch.empty(len(self.sources), dtype=torch.bool)
+        return {"stems": self.read(index, present=present), "present": present}
+
+
+class SegmentDataset(ExcerptDataset):
     """``samples_per_epoch`` random excerpts of ``segment`` samples. Item ``i`` without ``random_tracks`` reads
     track ``i % len(tracks)`` (every track is seen equally often); the offset (and, with ``random_tracks``, the track
     of each source) is random. Randomness comes from torch's generator, which Lightning seeds per worker. A
@@ -47,23 +75,8 @@ class SegmentDataset(Dataset):
         self.load_kw = dict(channels=channels, sample_rate=sample_rate, convert=convert)
         self.with_presence = any(not t.present(s) for t in tracks for s in self.sources)
 
-    def __len__(self) -> int:
-        return self.samples_per_epoch
-
     def _start(self, track: Track, frames: int) -> int:
         return int(torch.randint(0, max(1, track.length - frames + 1), ()).item())
-
-    @property
-    def item_shape(self) -> tuple[int, int, int]:
-        """``(S, C, T)`` of every item."""
-        return len(self.sources), self.load_kw["channels"], self.segment
-
-    def __getitem__(self, index: int) -> torch.Tensor | dict:
-        """Stems ``(S, C, T)`` with T = segment; with :attr:`with_presence` ``{"stems", "present": (S,) bool}``."""
-        if not self.with_presence:
-            return self.read(index)
-        present = torch.empty(len(self.sources), dtype=torch.bool)
-        return {"stems": self.read(index, present=present), "present": present}
 
     def _draw(self, index: int) -> tuple[tuple[float, float] | None, int, list[Track], list[int]]:
         """The random choices of item ``index``: ``(repitch change or None, frames read, track of each source,

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
 from mss.audio.io import AudioError, audio_info, load_audio
 from mss.audio.pcm16 import is_pcm16
 from mss.data.datamodule import MSSDataModule
+from mss.data.datasets import ExcerptDataset
 from mss.data.tracks import MISSING, DatasetError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
@@ -91,7 +91,7 @@ def parse_gains(gains: dict | None, sources: list[str]) -> dict[str, tuple[float
     return out
 
 
-class PoolDataset(Dataset):
+class PoolDataset(ExcerptDataset):
     """Training examples from stem pools: stems ``(S, C, T)`` (``T = segment``), each source a random excerpt of a
     random file of its pool scaled by a random gain; ``{"stems", "present": (S,) bool}`` when a source has no pool
     (:attr:`with_presence`). The :class:`mss.data.datasets.SegmentDataset` protocol (``item_shape``,
@@ -113,20 +113,6 @@ class PoolDataset(Dataset):
         self.item_dtype = torch.int16 if int16 else torch.float32
         self.load_kw = dict(channels=channels, sample_rate=sample_rate, convert=convert)
         self.with_presence = not all(self.pools.values())
-
-    def __len__(self) -> int:
-        return self.samples_per_epoch
-
-    @property
-    def item_shape(self) -> tuple[int, int, int]:
-        """``(S, C, T)`` of every item."""
-        return len(self.sources), self.load_kw["channels"], self.segment
-
-    def __getitem__(self, index: int) -> torch.Tensor | dict:
-        if not self.with_presence:
-            return self.read(index)
-        present = torch.empty(len(self.sources), dtype=torch.bool)
-        return {"stems": self.read(index, present=present), "present": present}
 
     def _frames(self, file: StemFile) -> int:
         """Samples of ``file`` (in its own rate) that make one segment."""
