@@ -3,8 +3,9 @@
 
 The network is exported with a dynamic batch and its own segment length (:mod:`mss.inference.export`), the separator
 attributes stored in the ONNX metadata, and checked against PyTorch with onnxruntime before the file is written.
-``python -m mss.separate ckpt=model.onnx input=...`` then separates with onnxruntime. Families whose ops do not
-export (the STFT-based ones, see docs/workflow.md) are refused with the family and the exporter's reason.
+``python -m mss.separate ckpt=model.onnx input=...`` then separates with onnxruntime. The STFT families export with a
+real-valued STFT; those whose ops still do not export (complex tensors: SCNet, BSRNN, BandIt; Wiener filters; see
+docs/workflow.md) are refused with the family and the reason.
 Needs ``pip install 'mss[onnx]'``.
 """
 
