@@ -126,6 +126,31 @@ def test_stft_families_export_and_match_pytorch(name, tmp_path, single_thread):
     torch.testing.assert_close(apply_model(onnx_net, mix, batch_size=3), want, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # about 60 s
+def test_export_cli_turns_the_wiener_filter_off(tmp_path, single_thread):
+    """A U-Net checkpoint with the (complex, not exportable) Wiener filter on exports with wiener_iterations=0 and
+    then matches the PyTorch U-Net without it."""
+    from omegaconf import OmegaConf
+
+    from mss.run import compose
+    from tests.conftest import TINY_MODELS
+
+    torch.manual_seed(0)
+    cfg = compose("train", ["paths.output_dir=unused", "model=unet", "data.segment=0.5",
+                            *TINY_MODELS["mss.models.unet.SpleeterUNet"], "model.wiener_iterations=1"])
+    config = OmegaConf.to_container(cfg.model, resolve=True)
+    net = build_model(config).eval()
+    ckpt = save_checkpoint(tmp_path / "unet.ckpt", net, config)
+    proc = cli("mss.export", f"ckpt={ckpt}", f"out={tmp_path / 'unet.onnx'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Wiener filter" in proc.stderr and "wiener_iterations=0" in proc.stderr
+    cli("mss.export", f"ckpt={ckpt}", "wiener_iterations=0", f"out={tmp_path / 'unet.onnx'}", cwd=tmp_path)
+    net.wiener_iterations = 0
+    mix = 0.25 * torch.randn(3, 2, net.segment_length)
+    with torch.no_grad():
+        want = net(mix)
+    torch.testing.assert_close(OnnxSeparator(tmp_path / "unet.onnx")(mix), want, atol=1e-4, rtol=0)
+
+
 def test_real_valued_stft_exports_and_matches_torch_stft(tmp_path):
     """The real-valued STFT / iSTFT (mss.audio.spectral.real_valued) exported by the dynamo exporter: onnxruntime
     gives torch.stft's spectrogram and torch.istft's waveform (the module run without the mode) within float32
@@ -172,6 +197,11 @@ def test_refusals_are_clear(tmp_path):
     with pytest.raises(ExportError, match="OpenUnmix: .*the Wiener filter .* export with wiener_iterations=0"):
         export_onnx(tiny_spectral("umx", "model.wiener_iterations=1"), tmp_path / "umx.onnx")
     assert not (tmp_path / "gain.onnx").exists() and not (tmp_path / "umx.onnx").exists()
+    net, config = tiny("conv_tasnet")
+    ckpt = save_checkpoint(tmp_path / "tasnet.ckpt", net, config)
+    proc = cli("mss.export", f"ckpt={ckpt}", "wiener_iterations=0", f"out={tmp_path / 'x.onnx'}", cwd=tmp_path,
+               check=False)
+    assert proc.returncode == 2 and "ConvTasNet has no Wiener filter setting" in proc.stderr
     proc = cli("mss.export", f"ckpt={tmp_path / 'missing.ckpt'}", f"out={tmp_path / 'x.onnx'}", cwd=tmp_path,
                check=False)
     assert proc.returncode == 2 and "missing.ckpt" in proc.stderr

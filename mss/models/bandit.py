@@ -58,6 +58,8 @@ from mss.models.base import Separator
 
 __all__ = ["BandIt", "musical_bands", "RNN_TYPES"]
 
+_SCALES: dict[tuple[int, str], float] = {}  # BandIt._scale per (n_fft, device)
+
 RNN_TYPES = {"GRU": nn.GRU, "LSTM": nn.LSTM, "RNN": nn.RNN}
 PAD_MODES = ("constant", "reflect")
 
@@ -223,7 +225,10 @@ class BandIt(Separator):
         """torchaudio's window normalisation factor ``sqrt(sum(window ** 2))`` (1 when not ``normalized``)."""
         if not self.normalized:
             return 1.0
-        return math.sqrt(float(hann_window(self.n_fft, device).double().square().sum()))
+        key = (self.n_fft, str(device))  # cached: a Python float the ONNX exporter's trace (fake tensors) reuses
+        if key not in _SCALES:
+            _SCALES[key] = math.sqrt(float(hann_window(self.n_fft, device).double().square().sum()))
+        return _SCALES[key]
 
     def encode(self, spec: Tensor) -> Tensor:
         """Shared encoder: complex STFT ``(M, F, N)`` -> band embeddings ``(M, K, N, D)`` after the RNNs."""

@@ -60,7 +60,7 @@ class MagnitudeSeparator(Separator):
         mixture phase as ``atan2`` (``angle``) and the estimates as ``est * (cos, sin)`` (``polar``)."""
         if self.wiener_iterations > 0 and not self.training:
             raise ValueError(f"{type(self).__name__}: the Wiener filter (wiener_iterations > 0) has no real-valued "
-                             "path; export with wiener_iterations=0")
+                             "path; export with wiener_iterations=0 (python -m mss.export ... wiener_iterations=0)")
         spec = stft_pairs(mix.float(), self.n_fft, self.hop_length, pad_mode=pad_mode)  # B C F N 2
         est = torch.stack([net(pair_abs(spec)) for net in self.targets.values()], dim=1).float()  # B S C F N
         phase = torch.atan2(spec[..., 1], spec[..., 0]).unsqueeze(1)

@@ -282,7 +282,7 @@ class SpleeterUNet(Separator):
         """:meth:`forward` on real pairs ``(..., 2)`` (:func:`mss.audio.spectral.real_valued`, ONNX export)."""
         if self.wiener_iterations > 0 and not self.training:
             raise ValueError("SpleeterUNet: the Wiener filter (wiener_iterations > 0) has no real-valued path; "
-                             "export with wiener_iterations=0")
+                             "export with wiener_iterations=0 (python -m mss.export ... wiener_iterations=0)")
         length = mix.shape[-1]
         spec = stft_pairs(mix, self.n_fft, self.hop_length)  # B C F_all N 2
         est = self.estimate_magnitudes(pair_abs(spec[..., :self.freq_bins, :, :]))  # B S C F N
