@@ -4,8 +4,9 @@
 The network is exported with a dynamic batch and its own segment length (:mod:`mss.inference.export`), the separator
 attributes stored in the ONNX metadata, and checked against PyTorch with onnxruntime before the file is written.
 ``python -m mss.separate ckpt=model.onnx input=...`` then separates with onnxruntime. The STFT families export with a
-real-valued STFT; those whose ops still do not export (complex tensors: SCNet, BSRNN, BandIt; Wiener filters; see
-docs/workflow.md) are refused with the family and the reason.
+real-valued STFT; what still does not export (the complex Wiener filters: ``wiener_iterations=0`` turns them off
+for U-Net, Open-Unmix, MMDenseNet and D3Net checkpoints; see docs/workflow.md) is refused with the family and the
+reason.
 Needs ``pip install 'mss[onnx]'``.
 """
 

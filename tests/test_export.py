@@ -112,7 +112,7 @@ def test_waveform_families_export_and_match_pytorch(name, tmp_path, single_threa
 
 
 @pytest.mark.slow  # 45-130 s each on one thread (Open-Unmix the longest)
-@pytest.mark.parametrize("name", ["unet", "umx", "htdemucs", "bs_roformer"])
+@pytest.mark.parametrize("name", ["unet", "umx", "htdemucs", "bs_roformer", "mdx23c", "scnet"])
 def test_stft_families_export_and_match_pytorch(name, tmp_path, single_thread):
     """The STFT families export with the real-valued STFT / iSTFT and match the PyTorch model (torch.stft) within
     1e-4 through onnxruntime, also through overlap-add separation of a longer mixture."""

@@ -10,11 +10,12 @@ mixtures of standard deviation :data:`MIX_STD` (largest absolute difference at m
 fails) before it is moved into place (atomic write). The export runs inside
 :func:`mss.audio.spectral.real_valued`: the STFT / iSTFT become real-valued convolutions with DFT kernels and the
 spectrogram families (U-Net, Open-Unmix, MMDenseNet, D3Net, hybrid / HT Demucs, BS- / Mel-RoFormer, MDX23C, MDX-Net
-v2) take their real-pair code paths (the exporter converts almost no complex op: not ``mul``, ``unsqueeze``,
-``view_as_complex``). A family whose ops do not export is refused with :class:`ExportError` naming it and the reason:
-at once where one eager forward in that mode still makes a complex tensor (SCNet, BSRNN, BandIt; the op and the
-model's line are named) or has no real-valued path (the Wiener filters of U-Net / Open-Unmix / MMDenseNet / D3Net /
-hybrid Demucs with ``cac=false``), else with the exporter's reason. Per-family figures: docs/workflow.md.
+v2, SCNet, BSRNN, BandIt) take their real-pair code paths (the exporter converts almost no complex op: not ``mul``,
+``unsqueeze``, ``view_as_complex``). A network whose ops do not export is refused with :class:`ExportError` naming
+the family and the reason: at once where one eager forward in that mode still makes a complex tensor (the op and the
+calling line are named) or has no real-valued path (the Wiener filters of U-Net / Open-Unmix / MMDenseNet / D3Net,
+``python -m mss.export ... wiener_iterations=0`` turns them off, and of hybrid Demucs with ``cac=false``), else with
+the exporter's reason. Per-family figures: docs/workflow.md.
 
 :class:`OnnxSeparator` is an ``nn.Module`` with the same attributes whose ``forward`` runs an onnxruntime session, so
 :func:`mss.inference.overlap_add.apply_model` (and ``python -m mss.separate ckpt=model.onnx``) use it unchanged;
