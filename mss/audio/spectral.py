@@ -15,8 +15,8 @@ kernels are the window times the cosine / minus sine basis, the inverse by ``con
 basis (overlap-add) divided by the overlap-added squared window, with :func:`torch.stft`'s padding (``center``,
 ``constant`` / ``reflect``) and scaling (``normalized``); they match :func:`torch.stft` / :func:`torch.istft` within
 float32 rounding. The models check :func:`real_valued_active` to take their real-pair path (:func:`pair_abs`,
-:func:`pair_mul`); :func:`stft` / :func:`istft` keep working there (through ``torch.view_as_complex``), but their complex
-results do not export.
+:func:`pair_mul`); :func:`stft` / :func:`istft` keep working there (through ``torch.view_as_complex``), but
+their complex results do not export.
 
 Shape legend: ``T`` samples, ``F = n_fft // 2 + 1`` frequency bins, ``N`` frames, ``2`` (real, imaginary).
 With ``center=True`` a signal of ``T`` samples has ``N = 1 + T // hop_length`` frames.
