@@ -5,18 +5,36 @@ Thin wrappers around :func:`torch.stft` / :func:`torch.istft` that
 * accept any number of leading dimensions (``(..., T)`` waveforms, ``(..., F, N)`` spectrograms),
 * use a periodic Hann window cached per ``(n_fft, device, dtype)`` (or, with ``window="rectangular"``, a window of
   ones: what :func:`torch.stft` uses when no window is passed, as SCNet does),
-* always return / take complex tensors (``return_complex=True``).
+* always return / take complex tensors (``return_complex=True``); :func:`stft_pairs` / :func:`istft_pairs` return /
+  take the same spectrogram as real pairs ``(..., F, N, 2)`` (``torch.view_as_real``; the models that go on in
+  real arithmetic call them).
 
-Shape legend: ``T`` samples, ``F = n_fft // 2 + 1`` frequency bins, ``N`` frames.
+Inside :func:`real_valued` (a context manager; :func:`mss.inference.export.export_onnx` exports in it) the transforms
+are computed by real-valued ops that the ONNX exporter converts: framing and DFT in one strided ``conv1d`` whose
+kernels are the window times the cosine / minus sine basis, the inverse by ``conv_transpose1d`` with the inverse
+basis (overlap-add) divided by the overlap-added squared window, with :func:`torch.stft`'s padding (``center``,
+``constant`` / ``reflect``) and scaling (``normalized``); they match :func:`torch.stft` / :func:`torch.istft` within
+float32 rounding. The models check :func:`real_valued_active` to take their real-pair path (:func:`pair_abs`,
+:func:`pair_mul`); :func:`stft` / :func:`istft` keep working there (through ``torch.view_as_complex``), but
+their complex results do not export.
+
+Shape legend: ``T`` samples, ``F = n_fft // 2 + 1`` frequency bins, ``N`` frames, ``2`` (real, imaginary).
 With ``center=True`` a signal of ``T`` samples has ``N = 1 + T // hop_length`` frames.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+import numpy as np
 import torch
+import torch.nn.functional as F_
 from torch import Tensor
 
-__all__ = ["WINDOWS", "hann_window", "istft", "magnitude", "stft"]
+__all__ = ["WINDOWS", "hann_window", "irfft_ortho_real", "istft", "istft_pairs", "magnitude", "pair_abs", "pair_mul",
+           "real_valued", "real_valued_active", "rfft_ortho_real", "stft", "stft_pairs"]
 
 WINDOWS = ("hann", "rectangular")
 
@@ -45,6 +63,164 @@ def _window(kind: str, n_fft: int, device: torch.device, dtype: torch.dtype) -> 
     raise ValueError(f"window must be one of {WINDOWS}, got {kind!r}")
 
 
+_REAL_VALUED = contextvars.ContextVar("mss_spectral_real_valued", default=False)
+_BASES: dict[tuple[int, str, bool], tuple[np.ndarray, np.ndarray]] = {}  # (n, window or 'ortho', inverse)
+
+
+@contextlib.contextmanager
+def real_valued() -> Iterator[None]:
+    """Compute the STFT / iSTFT by real-valued ops (exportable to ONNX) inside the ``with`` block."""
+    token = _REAL_VALUED.set(True)
+    try:
+        yield
+    finally:
+        _REAL_VALUED.reset(token)
+
+
+def real_valued_active() -> bool:
+    """Whether :func:`real_valued` is in effect (the models then compute on real pairs, not complex tensors)."""
+    return _REAL_VALUED.get()
+
+
+def _np_window(kind: str, n_fft: int) -> np.ndarray:
+    if kind == "hann":  # periodic
+        return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    if kind == "rectangular":
+        return np.ones(n_fft)
+    raise ValueError(f"window must be one of {WINDOWS}, got {kind!r}")
+
+
+def _basis(n_fft: int, window: str, inverse: bool, like: Tensor) -> tuple[Tensor, Tensor]:
+    """DFT kernels ``(2F, 1, n_fft)`` times the window (rows: cosine for the real parts, then minus sine for the
+    imaginary parts); ``inverse``: the one-sided inverse DFT (weights 1 for DC / Nyquist, else 2, over ``n_fft``)
+    times the window, so that ``conv_transpose1d`` does the inverse DFT and the overlap-add at once. Also returns
+    the window ``(n_fft,)``. Built in float64 numpy (phases from the exact integer ``k * n mod n_fft``) and cached
+    as numpy arrays (a tensor made while the exporter traces is a fake one), returned on ``like``'s device and
+    dtype."""
+    key = (n_fft, window, inverse)
+    if key not in _BASES:
+        bins = n_fft // 2 + 1
+        phase = (np.arange(bins)[:, None] * np.arange(n_fft)[None] % n_fft) * (2 * np.pi / n_fft)
+        win = _np_window(window, n_fft)
+        cos, sin = np.cos(phase) * win, -np.sin(phase) * win
+        if inverse:
+            weight = np.full((bins, 1), 2.0)
+            weight[0] = 1.0
+            if n_fft % 2 == 0:
+                weight[-1] = 1.0
+            cos, sin = cos * weight / n_fft, sin * weight / n_fft
+        _BASES[key] = (np.concatenate([cos, sin])[:, None], win)
+    basis, win = _BASES[key]
+    return (torch.as_tensor(basis, dtype=like.dtype, device=like.device),
+            torch.as_tensor(win, dtype=like.dtype, device=like.device))
+
+
+def _stft_real(x: Tensor, n_fft: int, hop_length: int, center: bool, pad_mode: str, normalized: bool,
+               window: str) -> Tensor:
+    """:func:`stft_pairs` by real-valued ops: ``(..., T)`` -> ``(..., F, N, 2)``."""
+    if pad_mode not in ("constant", "reflect"):
+        raise ValueError(f"pad_mode must be 'constant' or 'reflect', got {pad_mode!r}")
+    lead, length = x.shape[:-1], x.shape[-1]
+    frames = x.reshape(-1, 1, length)
+    if center:
+        frames = F_.pad(frames, (n_fft // 2, n_fft // 2), mode=pad_mode)
+    out = F_.conv1d(frames, _basis(n_fft, window, False, x)[0], stride=hop_length)  # M 2F N
+    if normalized:
+        out = out * n_fft ** -0.5
+    out = out.reshape(-1, 2, n_fft // 2 + 1, out.shape[-1]).permute(0, 2, 3, 1)
+    return out.reshape(*lead, *out.shape[1:])
+
+
+def _istft_real(z: Tensor, n_fft: int, hop_length: int, length: int, center: bool, normalized: bool,
+                window: str) -> Tensor:
+    """:func:`istft_pairs` by real-valued ops: ``(..., F, N, 2)`` -> ``(..., T)``."""
+    lead, (bins, frames) = z.shape[:-3], z.shape[-3:-1]
+    if bins != n_fft // 2 + 1:
+        raise ValueError(f"istft: expected {n_fft // 2 + 1} frequency bins for n_fft={n_fft}, got {bins}")
+    ri = z.reshape(-1, bins, frames, 2).permute(0, 3, 1, 2).reshape(-1, 2 * bins, frames)  # M 2F N
+    if normalized:
+        ri = ri * n_fft ** 0.5
+    basis, win = _basis(n_fft, window, True, z)
+    wav = F_.conv_transpose1d(ri, basis, stride=hop_length)[:, 0]
+    envelope = F_.conv_transpose1d(torch.ones(1, 1, frames, device=z.device, dtype=z.dtype),
+                                   (win * win).view(1, 1, n_fft), stride=hop_length)[0, 0]
+    start = n_fft // 2 if center else 0
+    stop = min(start + length, wav.shape[-1])
+    wav = wav[:, start:stop] / envelope[start:stop]
+    wav = F_.pad(wav, (0, length - wav.shape[-1]))
+    return wav.reshape(*lead, length)
+
+
+def stft_pairs(x: Tensor, n_fft: int, hop_length: int, center: bool = True, pad_mode: str = "constant",
+               normalized: bool = False, window: str = "hann") -> Tensor:
+    """:func:`stft` as real pairs ``(..., F, N, 2)`` (``torch.view_as_real`` of it; by real-valued ops inside
+    :func:`real_valued`). Arguments as for :func:`stft`."""
+    if x.is_complex():
+        raise ValueError("stft expects a real waveform (..., T), got a complex tensor")
+    if real_valued_active():
+        return _stft_real(x, n_fft, hop_length, center, pad_mode, normalized, window)
+    return torch.view_as_real(stft(x, n_fft, hop_length, center, pad_mode, normalized, window))
+
+
+def istft_pairs(z: Tensor, n_fft: int, hop_length: int, length: int, center: bool = True,
+                normalized: bool = False, window: str = "hann") -> Tensor:
+    """:func:`istft` of a spectrogram given as real pairs ``(..., F, N, 2)`` (by real-valued ops inside
+    :func:`real_valued`). Other arguments as for :func:`istft`."""
+    if z.is_complex() or z.shape[-1:] != (2,):
+        raise ValueError(f"istft_pairs expects real pairs (..., F, N, 2), got {z.dtype} {tuple(z.shape)}")
+    if real_valued_active():
+        return _istft_real(z, n_fft, hop_length, length, center, normalized, window)
+    return istft(torch.view_as_complex(z.contiguous()), n_fft, hop_length, length, center, normalized, window)
+
+
+def rfft_ortho_real(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.fft.rfft(x, norm="ortho")`` along the last axis by real-valued ops (a matmul with the cosine / minus
+    sine basis): ``(..., n) -> (real, imaginary)``, each ``(..., n // 2 + 1)``."""
+    n = x.shape[-1]
+    basis = torch.as_tensor(_dft_matrix(n, False), dtype=x.dtype, device=x.device)  # n 2K
+    out = torch.matmul(x, basis)
+    return out[..., : n // 2 + 1], out[..., n // 2 + 1:]
+
+
+def irfft_ortho_real(real: Tensor, imag: Tensor, n: int) -> Tensor:
+    """``torch.fft.irfft(torch.complex(real, imag), n, norm="ortho")`` along the last axis by real-valued ops (the
+    imaginary parts of the DC and Nyquist bins are ignored, as there): ``(..., n // 2 + 1) -> (..., n)``."""
+    if real.shape[-1] != n // 2 + 1:
+        raise ValueError(f"irfft: expected {n // 2 + 1} bins for n={n}, got {real.shape[-1]}")
+    basis = torch.as_tensor(_dft_matrix(n, True), dtype=real.dtype, device=real.device)  # 2K n
+    return torch.matmul(torch.cat([real, imag], dim=-1), basis)
+
+
+def _dft_matrix(n: int, inverse: bool) -> np.ndarray:
+    """Orthonormal one-sided DFT matrices (float64, cached): forward ``(n, 2K)`` (cosine | minus sine columns),
+    inverse ``(2K, n)`` (weights 1 for DC / Nyquist, else 2), ``K = n // 2 + 1``."""
+    key = (n, "ortho", inverse)
+    if key not in _BASES:
+        bins = n // 2 + 1
+        phase = (np.arange(bins)[:, None] * np.arange(n)[None] % n) * (2 * np.pi / n)
+        cos, sin = np.cos(phase) / np.sqrt(n), -np.sin(phase) / np.sqrt(n)
+        if inverse:
+            weight = np.full((bins, 1), 2.0)
+            weight[0] = 1.0
+            if n % 2 == 0:
+                weight[-1] = 1.0
+            _BASES[key] = (np.concatenate([cos * weight, sin * weight]), np.empty(0))
+        else:
+            _BASES[key] = (np.concatenate([cos, sin]).T.copy(), np.empty(0))
+    return _BASES[key][0]
+
+
+def pair_abs(z: Tensor) -> Tensor:
+    """Magnitude of real pairs ``(..., 2)`` -> ``(...)``."""
+    return torch.sqrt(z[..., 0] * z[..., 0] + z[..., 1] * z[..., 1])
+
+
+def pair_mul(a: Tensor, b: Tensor) -> Tensor:
+    """Complex product of real pairs ``(..., 2)`` (broadcasting)."""
+    ar, ai, br, bi = a[..., 0], a[..., 1], b[..., 0], b[..., 1]
+    return torch.stack([ar * br - ai * bi, ar * bi + ai * br], dim=-1)
+
+
 def stft(x: Tensor, n_fft: int, hop_length: int, center: bool = True, pad_mode: str = "constant",
          normalized: bool = False, window: str = "hann") -> Tensor:
     """Complex STFT of a real signal.
@@ -64,6 +240,9 @@ def stft(x: Tensor, n_fft: int, hop_length: int, center: bool = True, pad_mode: 
     """
     if x.is_complex():
         raise ValueError("stft expects a real waveform (..., T), got a complex tensor")
+    if real_valued_active():
+        return torch.view_as_complex(_stft_real(x, n_fft, hop_length, center, pad_mode, normalized,
+                                                window).contiguous())
     lead, length = x.shape[:-1], x.shape[-1]
     spec = torch.stft(x.reshape(-1, length), n_fft=n_fft, hop_length=hop_length,
                       window=_window(window, n_fft, x.device, x.dtype),
@@ -88,6 +267,8 @@ def istft(spec: Tensor, n_fft: int, hop_length: int, length: int, center: bool =
     """
     if not spec.is_complex():
         raise ValueError("istft expects a complex spectrogram (..., F, N)")
+    if real_valued_active():
+        return _istft_real(torch.view_as_real(spec), n_fft, hop_length, length, center, normalized, window)
     lead = spec.shape[:-2]
     wav = torch.istft(spec.reshape(-1, *spec.shape[-2:]), n_fft=n_fft, hop_length=hop_length,
                       window=_window(window, n_fft, spec.device, spec.real.dtype), center=center,

@@ -4,10 +4,18 @@
 input ``mix (N, C, segment_length)`` with a dynamic batch ``N``, output ``stems (N, S, C, segment_length)``. The
 separator attributes (``sources``, ``sample_rate``, ``audio_channels``, ``segment_length``) and the family are stored
 in the ONNX metadata (where the exporter fixes the batch, :class:`OnnxSeparator` runs chunks in groups of that
-size); the file is checked against PyTorch with onnxruntime (largest absolute difference at most
-``atol``, default 1e-4) before it is moved into place (atomic write). A family whose ops do not export is refused
-with :class:`ExportError` naming it and the reason: at once for the families that compute an STFT/iSTFT (detected
-by one eager forward), whose complex spectrograms the exporter does not convert.
+size); the exporter's graph optimisation is off (onnxscript 0.7's drops ``x + 1e-10``-style additions of small
+constants: NaN ratio masks in the Spleeter U-Net). The file is checked against PyTorch with onnxruntime on random
+mixtures of standard deviation :data:`MIX_STD` (largest absolute difference at most ``atol``, default 1e-4; a NaN
+fails) before it is moved into place (atomic write). The export runs inside
+:func:`mss.audio.spectral.real_valued`: the STFT / iSTFT become real-valued convolutions with DFT kernels and the
+spectrogram families (U-Net, Open-Unmix, MMDenseNet, D3Net, hybrid / HT Demucs, BS- / Mel-RoFormer, MDX23C, MDX-Net
+v2, SCNet, BSRNN, BandIt) take their real-pair code paths (the exporter converts almost no complex op: not ``mul``,
+``unsqueeze``, ``view_as_complex``). A network whose ops do not export is refused with :class:`ExportError` naming
+the family and the reason: at once where one eager forward in that mode still makes a complex tensor (the op and the
+calling line are named) or has no real-valued path (the Wiener filters of U-Net / Open-Unmix / MMDenseNet / D3Net,
+``python -m mss.export ... wiener_iterations=0`` turns them off, and of hybrid Demucs with ``cac=false``), else with
+the exporter's reason. Per-family figures: docs/workflow.md.
 
 :class:`OnnxSeparator` is an ``nn.Module`` with the same attributes whose ``forward`` runs an onnxruntime session, so
 :func:`mss.inference.overlap_add.apply_model` (and ``python -m mss.separate ckpt=model.onnx``) use it unchanged;
@@ -22,17 +30,22 @@ import importlib
 import json
 import os
 import re
+import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from mss.audio import spectral
 from mss.utils import atomic_write
 
 __all__ = ["ExportError", "OnnxSeparator", "export_onnx", "is_onnx"]
 
 METADATA_KEYS = ("sources", "sample_rate", "audio_channels", "segment_length", "family")
+# level of the random check mixtures: peaks near full scale, like music (at std 1, four times louder than audio can
+# be, the random-weight Spleeter U-Net's ratio masks amplify float32 differences to 3e-3)
+MIX_STD = 0.25
 
 
 class ExportError(RuntimeError):
@@ -55,24 +68,34 @@ def _family(net: nn.Module) -> str:
     return f"{type(net).__module__}.{type(net).__qualname__}"
 
 
-class _FindSpectral(torch.overrides.TorchFunctionMode):
-    """Records whether a forward calls an STFT/iSTFT (complex spectrograms: not exportable to ONNX here)."""
+def _internal(filename: str) -> bool:
+    """Whether a stack frame is torch's, this module's or the spectral helpers' (not the model's code)."""
+    path = Path(filename)
+    return f"{os.sep}torch{os.sep}" in filename or path.name in ("export.py", "spectral.py", "contextlib.py")
 
-    FUNCS = {torch.stft, torch.istft, torch.Tensor.stft, torch.Tensor.istft}
+
+class _FindComplex(torch.overrides.TorchFunctionMode):
+    """Records the first op of a forward that returns a complex tensor (the exporter converts few complex ops)."""
 
     def __init__(self):
         super().__init__()
-        self.found = False
+        self.first: str | None = None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.found |= func in self.FUNCS
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if self.first is None and any(isinstance(t, torch.Tensor) and t.is_complex()
+                                      for t in (out if isinstance(out, (tuple, list)) else (out,))):
+            frames = reversed(traceback.extract_stack())
+            caller = next((f"{Path(f.filename).name}:{f.lineno}" for f in frames if not _internal(f.filename)), "?")
+            self.first = f"{getattr(func, '__name__', repr(func))} at {caller}"
+        return out
 
 
-def _uses_stft(net: nn.Module, example: torch.Tensor) -> bool:
-    with torch.no_grad(), _FindSpectral() as mode:
+def _first_complex_op(net: nn.Module, example: torch.Tensor) -> str | None:
+    """The first complex-valued op of one eager forward in the real-valued spectral mode (None: there is none)."""
+    with torch.no_grad(), spectral.real_valued(), _FindComplex() as mode:
         net(example)
-    return mode.found
+    return mode.first
 
 
 def _run(session, mix: np.ndarray) -> np.ndarray:
@@ -107,18 +130,22 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, *, opset: int | None = 
             "family": _family(net)}
     shape = (meta["audio_channels"], meta["segment_length"])
     gen = torch.Generator().manual_seed(seed)
-    example = torch.randn(2, *shape, generator=gen)
-    if _uses_stft(net, example):
-        raise ExportError(f"{meta['family']}: computes an STFT/iSTFT (complex spectrograms), which the torch.onnx "
-                          "exporter does not convert (ConversionError for SpleeterUNet and OpenUnmix); the waveform "
-                          "families export: Conv-TasNet, Demucs v2/v3, Wave-U-Net")
+    example = MIX_STD * torch.randn(2, *shape, generator=gen)
+    try:
+        first = _first_complex_op(net, example)
+    except ValueError as err:  # a configuration without a real-valued path (e.g. a Wiener filter)
+        raise ExportError(f"{meta['family']}: cannot be exported to ONNX ({err})") from err
+    if first is not None:
+        raise ExportError(f"{meta['family']}: computes on complex tensors (first op: {first}) even with the "
+                          "real-valued STFT (mss.audio.spectral.real_valued), and the torch.onnx exporter does not "
+                          "convert complex ops (e.g. mul, unsqueeze)")
 
     def write(tmp: str) -> None:
         try:
-            with torch.no_grad():
+            with torch.no_grad(), spectral.real_valued():
                 torch.onnx.export(net, (example,), tmp, dynamo=True, opset_version=opset, input_names=["mix"],
                                   output_names=["stems"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                                  external_data=False, verbose=False)
+                                  external_data=False, verbose=False, optimize=False)
         except Exception as err:  # noqa: BLE001 -- the exporter raises many kinds; the family and reason are kept
             text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # the exporter colours its messages
             reason = next((line for line in text.splitlines() if line.strip()), type(err).__name__)
@@ -130,13 +157,14 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, *, opset: int | None = 
         session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
         worst = 0.0
         for batch in (1, 2):
-            mix = torch.randn(batch, *shape, generator=gen)
+            mix = MIX_STD * torch.randn(batch, *shape, generator=gen)
             with torch.no_grad():
                 ref = net(mix).float().numpy()
             got = _run(session, mix.numpy())
             if got.shape != ref.shape:
                 raise ExportError(f"{meta['family']}: the ONNX output has shape {got.shape}, PyTorch {ref.shape}")
-            worst = max(worst, float(np.abs(got - ref).max()))
+            diff = float(np.abs(got - ref).max())
+            worst = diff if not diff <= worst else worst  # a NaN is kept (max() would drop it)
         if not worst <= atol:
             raise ExportError(f"{meta['family']}: the ONNX model differs from PyTorch by {worst:.3g} (> {atol:g})")
         meta["max_abs_diff"] = worst

@@ -53,10 +53,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mss.audio.spectral import hann_window, istft, stft
+from mss.audio.spectral import hann_window, istft, istft_pairs, pair_mul, real_valued_active, stft, stft_pairs
 from mss.models.base import Separator
 
 __all__ = ["BandIt", "musical_bands", "RNN_TYPES"]
+
+_SCALES: dict[tuple[int, str], float] = {}  # BandIt._scale per (n_fft, device)
 
 RNN_TYPES = {"GRU": nn.GRU, "LSTM": nn.LSTM, "RNN": nn.RNN}
 PAD_MODES = ("constant", "reflect")
@@ -223,11 +225,14 @@ class BandIt(Separator):
         """torchaudio's window normalisation factor ``sqrt(sum(window ** 2))`` (1 when not ``normalized``)."""
         if not self.normalized:
             return 1.0
-        return math.sqrt(float(hann_window(self.n_fft, device).double().square().sum()))
+        key = (self.n_fft, str(device))  # cached: a Python float the ONNX exporter's trace (fake tensors) reuses
+        if key not in _SCALES:
+            _SCALES[key] = math.sqrt(float(hann_window(self.n_fft, device).double().square().sum()))
+        return _SCALES[key]
 
     def encode(self, spec: Tensor) -> Tensor:
         """Shared encoder: complex STFT ``(M, F, N)`` -> band embeddings ``(M, K, N, D)`` after the RNNs."""
-        ri = torch.view_as_real(spec).permute(0, 2, 3, 1)  # M N 2 F
+        ri = (torch.view_as_real(spec) if spec.is_complex() else spec).permute(0, 2, 3, 1)  # M N 2 F
         x = torch.stack([embed(ri[..., start:end].flatten(-2))
                          for embed, (start, end) in zip(self.band_split, self.bands)], dim=1)  # M K N D
         for rnn in self.rnns:
@@ -240,6 +245,8 @@ class BandIt(Separator):
         masks = masks * self.band_weights[:, None]
         full = masks.new_zeros(masks.shape[0], masks.shape[1], self.n_bins, masks.shape[-1])
         full = full.index_add(2, self.band_bins, masks)  # overlap-add of the bands
+        if real_valued_active():  # ONNX export: real pairs (M, F, N, 2), or a real mask (M, F, N, 1)
+            return (full if self.complex_mask else full[..., :1]).transpose(1, 2)
         full = torch.view_as_complex(full) if self.complex_mask else full[..., 0]
         return full.transpose(1, 2)
 
@@ -250,10 +257,14 @@ class BandIt(Separator):
         pad_mode = self.pad_mode if length > self.n_fft // 2 else "constant"
         scale = self._scale(mix.device)
         with torch.autocast(mix.device.type, enabled=False):
-            spec = stft(mix.float().reshape(batch * channels, length), self.n_fft, self.hop_length,
-                        pad_mode=pad_mode) / scale  # (B C) F N
+            pairs = real_valued_active()  # ONNX export: real pairs (..., 2)
+            spec = (stft_pairs if pairs else stft)(mix.float().reshape(batch * channels, length), self.n_fft,
+                                                   self.hop_length, pad_mode=pad_mode) / scale  # (B C) F N
         x = self.encode(spec)
-        est = torch.stack([self.mask(heads, x) * spec for heads in self.decoders], dim=1)  # (B C) S F N
+        if pairs and self.complex_mask:
+            est = torch.stack([pair_mul(self.mask(heads, x), spec) for heads in self.decoders], dim=1)
+        else:
+            est = torch.stack([self.mask(heads, x) * spec for heads in self.decoders], dim=1)  # (B C) S F N
         with torch.autocast(mix.device.type, enabled=False):
-            wav = istft(est * scale, self.n_fft, self.hop_length, length)
+            wav = (istft_pairs if pairs else istft)(est * scale, self.n_fft, self.hop_length, length)
         return wav.reshape(batch, channels, len(self.sources), length).transpose(1, 2)

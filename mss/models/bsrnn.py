@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor, nn
 
-from mss.audio.spectral import istft, stft
+from mss.audio.spectral import istft, istft_pairs, pair_mul, real_valued_active, stft, stft_pairs
 from mss.models.base import Separator
 
 __all__ = ["BAND_SCHEMES", "BSRNN", "BandSplitRNN", "OneGroupNorm", "band_widths", "convert_mag_state_dict"]
@@ -182,7 +182,8 @@ class BandSplitRNN(nn.Module):
         self.masks = nn.ModuleList(MaskHead(w, feature_dim, mask_factor * feature_dim, eps) for w in self.widths)
 
     def forward(self, spec: Tensor) -> Tensor:
-        ri = torch.view_as_real(spec.transpose(-1, -2))  # M N F 2
+        pairs = not spec.is_complex()  # real pairs (M, F, N, 2): ONNX export (mss.audio.spectral.real_valued)
+        ri = spec.transpose(-2, -3) if pairs else torch.view_as_real(spec.transpose(-1, -2))  # M N F 2
         bands = ri.split(self.widths, dim=-2)  # each M N w 2
         x = torch.stack([embed(band.transpose(-1, -2).flatten(-2)) for embed, band in zip(self.band_split, bands)],
                         dim=1)  # M K N D
@@ -190,8 +191,14 @@ class BandSplitRNN(nn.Module):
             x = layer(x)
         out = []
         for k, (head, band) in enumerate(zip(self.masks, bands)):
-            mask = torch.view_as_complex(head(x[:, k]).float().transpose(-1, -2).contiguous())  # M N w (float32)
+            mask = head(x[:, k]).float().transpose(-1, -2)  # M N w 2 (float32)
+            if pairs:
+                out.append(pair_mul(mask, band))
+                continue
+            mask = torch.view_as_complex(mask.contiguous())  # M N w
             out.append(mask * torch.view_as_complex(band.contiguous()))
+        if pairs:
+            return torch.cat(out, dim=-2).transpose(-2, -3)  # M F N 2
         return torch.cat(out, dim=-1).transpose(-1, -2)  # M F N
 
 
@@ -246,10 +253,12 @@ class BSRNN(Separator):
         batch, channels, length = mix.shape
         pad_mode = "reflect" if length > self.n_fft // 2 else "constant"
         with torch.autocast(mix.device.type, enabled=False):
-            spec = stft(mix.float().reshape(batch * channels, length), self.n_fft, self.hop_length, pad_mode=pad_mode)
+            pairs = real_valued_active()  # ONNX export: real pairs (..., 2)
+            spec = (stft_pairs if pairs else stft)(mix.float().reshape(batch * channels, length), self.n_fft,
+                                                   self.hop_length, pad_mode=pad_mode)
         est = torch.stack([net(spec).to(spec.dtype) for net in self.nets.values()], dim=1)  # (B C) S F N
         with torch.autocast(mix.device.type, enabled=False):
-            wav = istft(est, self.n_fft, self.hop_length, length)
+            wav = (istft_pairs if pairs else istft)(est, self.n_fft, self.hop_length, length)
         return wav.reshape(batch, channels, len(self.sources), length).transpose(1, 2)
 
 

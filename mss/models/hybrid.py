@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mss.audio.spectral import istft, stft
+from mss.audio.spectral import istft, istft_pairs, pair_abs, real_valued_active, stft, stft_pairs
 from mss.audio.wiener import wiener
 from mss.models.base import Separator
 from mss.models.blocks import DConv, rescale_module
@@ -442,6 +442,9 @@ class HybridSpec(Separator):
             le = math.ceil(x.shape[-1] / hl)
             pad = hl // 2 * 3
             x = pad1d(x, (pad, pad + le * hl - x.shape[-1]), mode="constant" if self.hybrid_old else "reflect")
+        if real_valued_active():  # ONNX export: real pairs (..., nfft/2, frames, 2)
+            z = stft_pairs(x, self.nfft, hl, pad_mode="reflect", normalized=True)[..., :-1, :, :]
+            return z[..., 2:2 + le, :] if self.hybrid else z
         z = stft(x, self.nfft, hl, pad_mode="reflect", normalized=True)[..., :-1, :]
         if self.hybrid:
             z = z[..., 2:2 + le]
@@ -450,32 +453,42 @@ class HybridSpec(Separator):
     def _ispec(self, z: Tensor, length: int) -> Tensor:
         """Inverse of :meth:`_spec`: complex ``(..., nfft/2, frames)`` → ``(..., length)``."""
         hl = self.hop_length
+        pairs = real_valued_active()  # ONNX export: z is real pairs (..., nfft/2, frames, 2)
+        inverse = istft_pairs if pairs else istft
         if not self.hybrid:
-            return istft(F.pad(z, (0, 0, 0, 1)), self.nfft, hl, length, normalized=True)
-        z = F.pad(z, (2, 2, 0, 1))
+            return inverse(F.pad(z, (0, 0) * pairs + (0, 0, 0, 1)), self.nfft, hl, length, normalized=True)
+        z = F.pad(z, (0, 0) * pairs + (2, 2, 0, 1))
         pad = hl // 2 * 3
         if self.hybrid_old:
-            return istft(z, self.nfft, hl, hl * math.ceil(length / hl), normalized=True)[..., :length]
-        x = istft(z, self.nfft, hl, hl * math.ceil(length / hl) + 2 * pad, normalized=True)
+            return inverse(z, self.nfft, hl, hl * math.ceil(length / hl), normalized=True)[..., :length]
+        x = inverse(z, self.nfft, hl, hl * math.ceil(length / hl) + 2 * pad, normalized=True)
         return x[..., pad:pad + length]
 
     def _magnitude(self, z: Tensor) -> Tensor:
         """Network input: CaC ``(B, 2C, F, T)`` (real/imag as channels) or magnitudes ``(B, C, F, T)``."""
+        pairs = real_valued_active()  # ONNX export: z is real pairs (B, C, F, T, 2)
         if self.cac:
-            b, c, fr, t = z.shape
-            return torch.view_as_real(z).permute(0, 1, 4, 2, 3).reshape(b, c * 2, fr, t)
-        return z.abs()
+            b, c, fr, t = z.shape[:4]
+            return (z if pairs else torch.view_as_real(z)).permute(0, 1, 4, 2, 3).reshape(b, c * 2, fr, t)
+        return pair_abs(z) if pairs else z.abs()
 
     def _mask(self, z: Tensor, m: Tensor) -> Tensor:
         """Complex source spectrograms ``(B, S, C, F, T)`` from the network output ``m`` ``(B, S, C', F, T)``:
         CaC unpacking, or magnitude masks with the mixture phase (``wiener_iters < 0``) / Wiener filtering."""
+        pairs = real_valued_active()  # ONNX export: z and the result are real pairs (..., 2)
         if self.cac:
             b, s, _, fr, t = m.shape
-            return torch.view_as_complex(m.view(b, s, -1, 2, fr, t).permute(0, 1, 2, 4, 5, 3).contiguous())
+            m = m.view(b, s, -1, 2, fr, t).permute(0, 1, 2, 4, 5, 3)
+            return m if pairs else torch.view_as_complex(m.contiguous())
         niters = self.end_iters if self.training else self.wiener_iters
         if niters < 0:
             z = z[:, None]
+            if pairs:
+                return z / (1e-8 + pair_abs(z)).unsqueeze(-1) * m.unsqueeze(-1)
             return z / (1e-8 + z.abs()) * m
+        if pairs:
+            raise ValueError(f"{type(self).__name__}: the Wiener filter (cac=false, wiener_iters >= 0) has no "
+                             "real-valued path; export with cac=true or wiener_iters=-1")
         out = wiener(m, z, niters, softmask=False, residual=self.wiener_residual, window_frames=300)
         return out[:, :-1] if self.wiener_residual else out
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mss.audio.spectral import istft, stft
+from mss.audio.spectral import istft, istft_pairs, pair_abs, real_valued_active, stft, stft_pairs
 from mss.audio.wiener import wiener
 from mss.models.base import Separator
 
@@ -40,6 +40,8 @@ class MagnitudeSeparator(Separator):
         self.check_mixture(mix)
         length = mix.shape[-1]
         pad_mode = "reflect" if length > self.n_fft // 2 else "constant"
+        if real_valued_active():  # ONNX export: the same on real pairs
+            return self._forward_pairs(mix, pad_mode)
         with torch.autocast(mix.device.type, enabled=False):
             spec = stft(mix.float(), self.n_fft, self.hop_length, pad_mode=pad_mode)  # B C F N
         mag = spec.abs()
@@ -52,3 +54,15 @@ class MagnitudeSeparator(Separator):
             else:
                 out = torch.polar(est, spec.angle().unsqueeze(1).expand_as(est))
             return istft(out, self.n_fft, self.hop_length, length)
+
+    def _forward_pairs(self, mix: Tensor, pad_mode: str) -> Tensor:
+        """:meth:`forward` on real pairs ``(..., 2)`` (:func:`mss.audio.spectral.real_valued`, ONNX export): the
+        mixture phase as ``atan2`` (``angle``) and the estimates as ``est * (cos, sin)`` (``polar``)."""
+        if self.wiener_iterations > 0 and not self.training:
+            raise ValueError(f"{type(self).__name__}: the Wiener filter (wiener_iterations > 0) has no real-valued "
+                             "path; export with wiener_iterations=0 (python -m mss.export ... wiener_iterations=0)")
+        spec = stft_pairs(mix.float(), self.n_fft, self.hop_length, pad_mode=pad_mode)  # B C F N 2
+        est = torch.stack([net(pair_abs(spec)) for net in self.targets.values()], dim=1).float()  # B S C F N
+        phase = torch.atan2(spec[..., 1], spec[..., 0]).unsqueeze(1)
+        out = torch.stack([est * torch.cos(phase), est * torch.sin(phase)], dim=-1)
+        return istft_pairs(out, self.n_fft, self.hop_length, mix.shape[-1])

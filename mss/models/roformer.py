@@ -36,7 +36,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mss.audio.spectral import istft, stft
+from mss.audio.spectral import istft, istft_pairs, pair_mul, real_valued_active, stft, stft_pairs
 from mss.models.base import Separator
 
 __all__ = ["BandRoformer", "BandSplit", "MaskHead", "RMSNorm", "RotaryEmbedding", "Transformer"]
@@ -327,12 +327,14 @@ class BandRoformer(Separator):
     def _spectrogram(self, mix: Tensor) -> Tensor:
         """Complex float32 STFT ``(B, C, T) -> (B, C, F, N)`` (reflect padding when the input is long enough)."""
         pad_mode = "reflect" if mix.shape[-1] > self.n_fft // 2 else "constant"
+        if real_valued_active():  # ONNX export: real pairs (B, C, F, N, 2)
+            return stft_pairs(mix.float(), self.n_fft, self.hop_length, pad_mode=pad_mode)
         return stft(mix.float(), self.n_fft, self.hop_length, pad_mode=pad_mode)
 
     def _band_features(self, spec: Tensor) -> Tensor:
         """``(B, C, F, N)`` complex -> band-concatenated reals ``(B, N, sum_k 2 f_k C)`` ordered (bin, channel,
         re/im) within each band."""
-        x = rearrange(torch.view_as_real(spec), "b c f n r -> b n f (c r)")
+        x = rearrange(spec if spec.dim() == 5 else torch.view_as_real(spec), "b c f n r -> b n f (c r)")
         if self.overlapping:
             x = x.index_select(2, self.bin_index)
         return x.flatten(2)
@@ -341,12 +343,14 @@ class BandRoformer(Separator):
         """Band-concatenated mask reals ``(B, S, N, sum_k 2 f_k C)`` -> complex masks ``(B, S, C, F, N)``, averaged
         over the bands that share a bin."""
         masks = rearrange(masks.float(), "b s n (g c r) -> b s c g n r", c=self.audio_channels, r=2)
-        masks = torch.view_as_complex(masks.contiguous())
+        pairs = real_valued_active()  # ONNX export: real pairs (B, S, C, F, N, 2)
+        if not pairs:
+            masks = torch.view_as_complex(masks.contiguous())
         if not self.overlapping:
             return masks
-        merged = masks.new_zeros(*masks.shape[:3], self.bin_count.numel(), masks.shape[-1])
+        merged = masks.new_zeros(*masks.shape[:3], self.bin_count.numel(), *masks.shape[4:])
         merged.index_add_(3, self.bin_index, masks)
-        return merged / self.bin_count[:, None]
+        return merged / (self.bin_count[:, None, None] if pairs else self.bin_count[:, None])
 
     def forward(self, mix: Tensor) -> Tensor:
         """Separate ``mix``: ``(B, C, T)`` -> ``(B, S, C, T)`` (same ``T``)."""
@@ -370,6 +374,11 @@ class BandRoformer(Separator):
             x = self.final_norm(x)
         masks = torch.stack([head(x) for head in self.mask_heads], dim=1)  # B S N sum_k w_k
         with torch.autocast(device_type, enabled=False):
+            if real_valued_active():  # ONNX export: real pairs
+                out = pair_mul(self._merge_masks(masks), spec.unsqueeze(1))  # B S C F N 2
+                if self.zero_dc:
+                    out = torch.cat([torch.zeros_like(out[..., :1, :, :]), out[..., 1:, :, :]], dim=-3)
+                return istft_pairs(out, self.n_fft, self.hop_length, length)
             out = self._merge_masks(masks) * spec.unsqueeze(1)  # B S C F N
             if self.zero_dc:
                 out = torch.cat([torch.zeros_like(out[..., :1, :]), out[..., 1:, :]], dim=-2)

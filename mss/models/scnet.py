@@ -59,7 +59,15 @@ import torch.nn.functional as F_
 from einops import rearrange
 from torch import Tensor, nn
 
-from mss.audio.spectral import istft, stft
+from mss.audio.spectral import (
+    irfft_ortho_real,
+    istft,
+    istft_pairs,
+    real_valued_active,
+    rfft_ortho_real,
+    stft,
+    stft_pairs,
+)
 from mss.models.base import Separator
 
 __all__ = ["SCNet", "SDBlock", "SUBlock", "DualPathLayer", "band_edges"]
@@ -181,6 +189,8 @@ class DualPathLayer(nn.Module):
 
 def _to_frequency(x: Tensor) -> Tensor:
     """``rfft`` along frames, real and imaginary parts on channels: ``(B, C, F, N) -> (B, 2C, F, N/2 + 1)``."""
+    if real_valued_active():  # ONNX export: the DFT by a matmul
+        return torch.cat(rfft_ortho_real(x.float()), dim=1)
     z = torch.fft.rfft(x.float(), dim=3, norm="ortho")
     return torch.cat([z.real, z.imag], dim=1)
 
@@ -189,6 +199,8 @@ def _to_time(x: Tensor) -> Tensor:
     """Inverse of :func:`_to_frequency` (an even frame count): ``(B, 2C, F, N/2 + 1) -> (B, C, F, N)``."""
     x = x.float()
     half = x.shape[1] // 2
+    if real_valued_active():  # ONNX export: the inverse DFT by a matmul
+        return irfft_ortho_real(x[:, :half], x[:, half:], 2 * (x.shape[3] - 1))
     return torch.fft.irfft(torch.complex(x[:, :half], x[:, half:]), dim=3, norm="ortho")
 
 
@@ -276,8 +288,9 @@ class SCNet(Separator):
                         window="rectangular")
         with torch.autocast(mix.device.type, enabled=False):
             wav = F_.pad(mix.float(), (0, padded - length))
-            spec = stft(wav, pad_mode="reflect" if padded > self.n_fft // 2 else "constant", **spectral)
-        x = rearrange(torch.view_as_real(spec), "b c f n r -> b (c r) f n")
+            pad_mode = "reflect" if padded > self.n_fft // 2 else "constant"
+            spec = (stft_pairs if real_valued_active() else stft)(wav, pad_mode=pad_mode, **spectral)
+        x = rearrange(spec if not spec.is_complex() else torch.view_as_real(spec), "b c f n r -> b (c r) f n")
         if self.normalize_input:
             mean, std = x.mean(dim=(1, 2, 3), keepdim=True), x.std(dim=(1, 2, 3), keepdim=True)
             x = (x - mean) / (1e-5 + std)
@@ -295,5 +308,8 @@ class SCNet(Separator):
             if self.normalize_input:
                 x = x * std + mean
             x = rearrange(x, "b (s c r) f n -> b s c f n r", s=len(self.sources), r=2)
-            out = istft(torch.view_as_complex(x.contiguous()), length=padded, **spectral)
+            if real_valued_active():  # ONNX export: real pairs
+                out = istft_pairs(x, length=padded, **spectral)
+            else:
+                out = istft(torch.view_as_complex(x.contiguous()), length=padded, **spectral)
         return out[..., :length]

@@ -68,7 +68,7 @@ import torch.nn.functional as F_
 from einops import rearrange
 from torch import Tensor, nn
 
-from mss.audio.spectral import istft, stft
+from mss.audio.spectral import istft_pairs, stft_pairs
 from mss.models.base import Separator
 
 __all__ = ["MDX23C", "MDXNET_N_FFT", "MDXNetV2", "TFCTDFNetV2", "TFCTDFStack", "from_channels", "make_activation",
@@ -89,8 +89,8 @@ def valid_length(length: int, hop_length: int, multiple: int) -> int:
 def to_channels(mix: Tensor, n_fft: int, hop_length: int, dim_f: int) -> Tensor:
     """Waveform ``(B, C, T)`` -> complex-as-channels spectrogram ``(B, 2C, dim_f, N)`` (re, im per channel)."""
     pad_mode = "reflect" if mix.shape[-1] > n_fft // 2 else "constant"
-    spec = stft(mix.float(), n_fft, hop_length, pad_mode=pad_mode)[:, :, :dim_f]
-    return rearrange(torch.view_as_real(spec), "b c f n r -> b (c r) f n")
+    spec = stft_pairs(mix.float(), n_fft, hop_length, pad_mode=pad_mode)[:, :, :dim_f]
+    return rearrange(spec, "b c f n r -> b (c r) f n")
 
 
 def from_channels(spec: Tensor, n_fft: int, hop_length: int, length: int) -> Tensor:
@@ -98,7 +98,7 @@ def from_channels(spec: Tensor, n_fft: int, hop_length: int, length: int) -> Ten
     ``(..., C, length)``."""
     spec = F_.pad(spec.float(), (0, 0, 0, n_fft // 2 + 1 - spec.shape[-2]))
     spec = rearrange(spec, "... (c r) f n -> ... c f n r", r=2).contiguous()
-    return istft(torch.view_as_complex(spec), n_fft, hop_length, length)
+    return istft_pairs(spec, n_fft, hop_length, length)
 
 
 def make_norm(kind: str | None, channels: int) -> nn.Module:

@@ -33,7 +33,7 @@ import torch.nn.functional as F_
 from einops import rearrange
 from torch import Tensor, nn
 
-from mss.audio.spectral import istft, magnitude, stft
+from mss.audio.spectral import istft, istft_pairs, magnitude, pair_abs, real_valued_active, stft, stft_pairs
 from mss.audio.wiener import wiener
 from mss.models.base import Separator
 
@@ -266,6 +266,8 @@ class SpleeterUNet(Separator):
         """Separate ``mix``: ``(B, C, T)`` -> ``(B, S, C, T)`` (same ``T``)."""
         self.check_mixture(mix)
         length = mix.shape[-1]
+        if real_valued_active():  # ONNX export: the same on real pairs
+            return self._forward_pairs(mix)
         spec = self.spectrogram(mix)  # B C F_all N
         est = self.estimate_magnitudes(magnitude(spec[..., :self.freq_bins, :]))  # B S C F N
         if self.wiener_iterations > 0 and not self.training:
@@ -274,4 +276,16 @@ class SpleeterUNet(Separator):
         else:
             out = self.extend_mask(self.ratio_masks(est)) * spec.unsqueeze(1)
         wav = istft(rearrange(out, "b s c f n -> (b s) c f n"), self.n_fft, self.hop_length, length)
+        return rearrange(wav, "(b s) c t -> b s c t", s=len(self.sources))
+
+    def _forward_pairs(self, mix: Tensor) -> Tensor:
+        """:meth:`forward` on real pairs ``(..., 2)`` (:func:`mss.audio.spectral.real_valued`, ONNX export)."""
+        if self.wiener_iterations > 0 and not self.training:
+            raise ValueError("SpleeterUNet: the Wiener filter (wiener_iterations > 0) has no real-valued path; "
+                             "export with wiener_iterations=0 (python -m mss.export ... wiener_iterations=0)")
+        length = mix.shape[-1]
+        spec = stft_pairs(mix, self.n_fft, self.hop_length)  # B C F_all N 2
+        est = self.estimate_magnitudes(pair_abs(spec[..., :self.freq_bins, :, :]))  # B S C F N
+        out = self.extend_mask(self.ratio_masks(est)).unsqueeze(-1) * spec.unsqueeze(1)
+        wav = istft_pairs(rearrange(out, "b s c f n r -> (b s) c f n r"), self.n_fft, self.hop_length, length)
         return rearrange(wav, "(b s) c t -> b s c t", s=len(self.sources))
