@@ -150,3 +150,25 @@ def test_overfitting_a_toy_batch_lowers_loss_and_raises_sdr(synth_root):
     torch.manual_seed(0)
     net = BSRNN(sources, n_fft=1024, hop_length=256, feature_dim=8, num_layers=1, mask_factor=2)
     assert_overfits(net, stems, WaveformL1(), lr=3e-3, steps=30, name="bsrnn")
+
+
+def test_recurrent_layers_fall_back_to_float32_where_the_cpu_has_no_bf16_kernels(monkeypatch):
+    """``run_rnn`` under CPU bf16 autocast: where oneDNN has bf16 RNN kernels the layer runs in bf16, elsewhere (or
+    forced here) in float32 on the same (bf16-rounded) input; outside autocast it is the plain call."""
+    from mss.models import blocks
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+    x = torch.randn(2, 7, 6).bfloat16()
+    with torch.no_grad():
+        plain = lstm(x.float())[0]
+        assert torch.equal(blocks.run_rnn(lstm, x.float())[0], plain)
+        monkeypatch.setattr(blocks, "cpu_bf16_rnn", lambda: False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            forced = blocks.run_rnn(lstm, x)[0]
+        assert forced.dtype == torch.float32 and torch.equal(forced, plain)
+        monkeypatch.undo()
+        if blocks.cpu_bf16_rnn():  # this CPU has the kernels: bf16 output, close to float32
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                native = blocks.run_rnn(lstm, x)[0]
+            assert native.dtype == torch.bfloat16 and (native.float() - plain).abs().max() < 0.05

@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from mss.audio.spectral import hann_window, istft, istft_pairs, pair_mul, real_valued_active, stft, stft_pairs
 from mss.models.base import Separator
+from mss.models.blocks import run_rnn
 
 __all__ = ["BandIt", "musical_bands", "RNN_TYPES"]
 
@@ -129,7 +130,7 @@ class ResidualRNN(nn.Module):
         self.fc = nn.Linear(hidden * (2 if bidirectional else 1), dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.fc(self.rnn(self.norm(x))[0])
+        return x + self.fc(run_rnn(self.rnn, self.norm(x))[0])
 
 
 class MaskHead(nn.Module):

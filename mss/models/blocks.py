@@ -11,6 +11,7 @@ head, ``N`` chunks.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -50,6 +51,31 @@ def rescale_module(module: nn.Module, reference: float) -> None:
             rescale_conv(sub, reference)
 
 
+
+@functools.cache
+def cpu_bf16_rnn() -> bool:
+    """Whether this CPU runs recurrent layers under bf16 autocast (oneDNN has no bf16 LSTM/GRU kernels without
+    AVX-512 BF16 / AMX: it then raises "could not create a primitive descriptor"). Probed once per process on a tiny
+    LSTM."""
+    probe = nn.LSTM(2, 2, batch_first=True)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            probe(torch.zeros(1, 2, 2))
+    except RuntimeError:
+        return False
+    return True
+
+
+def run_rnn(rnn: nn.RNNBase, x: Tensor) -> tuple:
+    """``rnn(x)``, in float32 where the CPU cannot run it under the current bf16 autocast (:func:`cpu_bf16_rnn`):
+    the recurrent layer then computes in float32 and the layers around it keep autocast's bf16. Elsewhere (GPU,
+    float32, a CPU with bf16 RNN kernels) exactly ``rnn(x)``."""
+    if (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not cpu_bf16_rnn()):
+        with torch.autocast("cpu", enabled=False):
+            return rnn(x.float())
+    return rnn(x)
+
 class LayerScale(nn.Module):
     """Learnt per-channel scale of a residual branch, initialised small (Touvron et al. 2021).
 
@@ -85,7 +111,7 @@ class BLSTM(nn.Module):
 
     def _run(self, x: Tensor) -> Tensor:
         """``(B, C, T) -> (B, C, T)`` without chunking."""
-        y = self.lstm(rearrange(x, "b c t -> t b c"))[0]
+        y = run_rnn(self.lstm, rearrange(x, "b c t -> t b c"))[0]
         return rearrange(self.linear(y), "t b c -> b c t")
 
     def forward(self, x: Tensor) -> Tensor:

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from mss.audio.spectral import istft, istft_pairs, pair_mul, real_valued_active, stft, stft_pairs
 from mss.models.base import Separator
+from mss.models.blocks import run_rnn
 
 __all__ = ["BAND_SCHEMES", "BSRNN", "BandSplitRNN", "OneGroupNorm", "band_widths", "convert_mag_state_dict"]
 
@@ -112,7 +113,7 @@ class ResidualRNN(nn.Module):
         self.proj = nn.Linear(2 * hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.proj(self.rnn(self.norm(x))[0])
+        return x + self.proj(run_rnn(self.rnn, self.norm(x))[0])
 
 
 class BandSequenceBlock(nn.Module):

@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor, nn
 
+from mss.models.blocks import run_rnn
 from mss.models.dense_blocks import DenseBlock, pad_same, pair
 from mss.models.magnitude import MagnitudeSeparator
 
@@ -90,7 +91,7 @@ class DenseLSTMBlock(nn.Module):
         if self.lstm is None:
             return y
         z = self.lstm_in(y)[:, 0].transpose(1, 2)  # B N F
-        z = self.lstm_out(self.lstm(z)[0]).transpose(1, 2).unsqueeze(1)  # B 1 F N
+        z = self.lstm_out(run_rnn(self.lstm, z)[0]).transpose(1, 2).unsqueeze(1)  # B 1 F N
         return torch.cat([y, z], dim=1) if self.dense is not None else z
 
 

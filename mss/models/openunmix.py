@@ -37,6 +37,7 @@ import torch.nn.functional as F_
 from einops import rearrange
 from torch import Tensor, nn
 
+from mss.models.blocks import run_rnn
 from mss.models.magnitude import MagnitudeSeparator
 
 __all__ = ["OpenUnmix", "UnmixNet", "bandwidth_to_max_bin"]
@@ -82,7 +83,7 @@ class UnmixNet(nn.Module):
         x = rearrange(mag[:, :, :self.max_bin], "b c f n -> n b c f")
         x = (x + self.input_mean) * self.input_scale
         x = torch.tanh(self.bn1(self.fc1(x.reshape(frames * batch, -1)))).reshape(frames, batch, -1)
-        x = torch.cat([x, self.lstm(x)[0]], dim=-1)  # N B 2H
+        x = torch.cat([x, run_rnn(self.lstm, x)[0]], dim=-1)  # N B 2H
         x = F_.relu(self.bn2(self.fc2(x.reshape(frames * batch, -1))))
         x = self.bn3(self.fc3(x)).reshape(frames, batch, channels, self.n_bins)
         x = x * self.output_scale + self.output_mean

@@ -69,6 +69,7 @@ from mss.audio.spectral import (
     stft_pairs,
 )
 from mss.models.base import Separator
+from mss.models.blocks import run_rnn
 
 __all__ = ["SCNet", "SDBlock", "SUBlock", "DualPathLayer", "band_edges"]
 
@@ -168,7 +169,7 @@ class RNNPath(nn.Module):
         self.proj = nn.Linear(2 * channels * expand, channels)
 
     def forward(self, seq: Tensor) -> Tensor:
-        return self.proj(self.rnn(seq)[0])
+        return self.proj(run_rnn(self.rnn, seq)[0])
 
 
 class DualPathLayer(nn.Module):
