@@ -12,23 +12,22 @@ sides run the same weights):
 * ``htdemucs``: the released ``htdemucs`` configuration (``dconv_mode=3``, ``bottom_channels=512``, 7.8 s segment),
   saved in the reference export format and converted by :mod:`mss.pretrained.import_demucs`. Reference:
   ``demucs.apply.apply_model`` with its defaults (``shifts=1``, ``split=True``, ``overlap=0.25``, the model's
-  segment). mss: :func:`mss.inference.overlap_add.apply_model` with ``shifts=1``, ``overlap=0.25`` (its
-  ``batch_size`` 4), eager, ``compile=True``, ``precision="bf16"`` (CPU autocast) and ONNX (refused for this family:
-  the reason is printed). The reference draws its shift with Python's ``random``; here it is set to the offset mss
-  draws (``torch.manual_seed(0)``), so both cut the same chunks. What still differs: the reference cuts chunks
-  every stride while the start is inside the (shifted) track, mss only until the track is covered, and the
-  reference pads a chunk that runs past the end with the samples *before* it (centred), mss with zeros after it. So
-  the two agree exactly up to the start of the last mss chunk (``max|Δ| same chunks``) and differ after it
-  (``max|Δ|`` over the whole track).
+  segment). mss: :func:`mss.inference.overlap_add.apply_model` with ``shifts=1``, ``overlap=0.25`` (its ``batch_size``
+  4), eager, ``compile=True``, ``precision="bf16"`` (CPU autocast) and ONNX (exported with the real-valued STFT by
+  :func:`mss.inference.export.export_onnx`; a refusal's reason is printed). The reference draws its shift with
+  Python's ``random``; here it is set to the offset mss draws (``torch.manual_seed(0)``), so both cut the same chunks.
+  What still differs: the reference cuts chunks every stride while the start is inside the (shifted) track, mss only
+  until the track is covered, and the reference pads a chunk that runs past the end with the samples *before* it
+  (centred), mss with zeros after it. So the two agree exactly up to the start of the last mss chunk (``max|Δ| same
+  chunks``) and differ after it (``max|Δ|`` over the whole track).
 * ``umx``: Open-Unmix ``umxhq`` (4 targets, hidden 512, 3 BiLSTM layers, 16 kHz bandwidth, Wiener EM 1 iteration in
   300-frame windows), target state dicts converted by :mod:`mss.pretrained.import_umx`. Reference:
   ``openunmix.model.Separator`` on the whole track (it does not chunk). mss: ``apply_model`` with one chunk of the
-  whole track (``segment`` = track length, ``batch_size=1``: the reference's segmenting), eager / compile / bf16,
-  and ``chunks``: mss's default 10 s chunks with ``overlap=0.25`` (what ``mss.separate`` does; differs from the
-  reference at the chunk borders).
-* ``unet2`` / ``unet4``: the Spleeter U-Net, ``conf/model/unet_2stems.yaml`` / ``unet.yaml`` (mss only, no
-  reference runs here): ``apply_model`` defaults (its 512-frame segment, ``overlap=0.25``). Goal: >= 20x real time
-  on 2 cores.
+  whole track (``segment`` = track length, ``batch_size=1``: the reference's segmenting), eager / compile / bf16, and
+  ``chunks``: mss's default 10 s chunks with ``overlap=0.25`` (what ``mss.separate`` does; differs from the reference
+  at the chunk borders).
+* ``unet2`` / ``unet4``: the Spleeter U-Net, ``conf/model/unet_2stems.yaml`` / ``unet.yaml`` (mss only, no reference
+  runs here): ``apply_model`` defaults (its 512-frame segment, ``overlap=0.25``). Goal: >= 20x real time on 2 cores.
 
 ``precision=bf16`` on a CPU without bf16 units (no ``avx512_bf16`` / AMX) runs slow fallback kernels: one 7.8 s
 HT Demucs chunk took more than 400 s on the 2-core VM (fp32: 4.7 s), so ``--skip htdemucs:bf16`` there.

@@ -52,7 +52,7 @@ def test_quick_benchmark_on_tiny_models(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_separate.py"), "--quick", "--tiny",
                            "--seconds", "2", "--threads", "1", "--skip", "compile,bf16,chunks,ref-passive", "--json",
                            str(out)],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+                          capture_output=True, text=True, cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     results = report["results"]["0"]
@@ -60,14 +60,12 @@ def test_quick_benchmark_on_tiny_models(tmp_path):
     length = 2 * SR
     for case, methods in results.items():
         for method, r in methods.items():
-            if method == "onnx":  # HT Demucs computes an STFT: the exporter refuses it, with the reason
-                assert "STFT" in r["skipped"]
-                continue
+            assert "skipped" not in r, (case, method, r)  # ONNX too: HT Demucs exports with the real-valued STFT
             sources = 2 if case == "unet2" else 4
             assert r["shape"] == [sources, 2, length] and r["time"] > 0 and r["peak"] > 0, (case, method, r)
     ht, umx = results["htdemucs"]["mss"], results["umx"]["mss"]
     # same weights, same chunks: the implementations agree to float rounding (outputs are O(0.1..1))
-    assert ht["delta_same"] < 1e-4 and umx["delta"] < 1e-4
+    assert ht["delta_same"] < 1e-4 and umx["delta"] < 1e-4 and results["htdemucs"]["onnx"]["delta_same"] < 1e-4
     assert 0 < ht["same_end"] < length
     # after the last mss chunk starts, the reference cuts (and pads) chunks differently: not equal there
     assert ht["delta"] > 1e-3
@@ -79,6 +77,6 @@ def test_quick_benchmark_on_tiny_models(tmp_path):
     row = rows[("HT Demucs (released htdemucs config)", "mss eager")]
     assert f"{ht['delta_same']:.1e} same chunks" in row and f"{results['htdemucs']['ref']['time'] / ht['time']:.2f}×" \
         in row
-    assert "skipped: " in rows[("HT Demucs (released htdemucs config)", "mss ONNX (onnxruntime)")]
+    assert "same chunks" in rows[("HT Demucs (released htdemucs config)", "mss ONNX (onnxruntime)")]
     assert "no reference" in rows[("Spleeter U-Net 2 stems", "mss eager")]
     assert "load average before" in report["title"]
