@@ -151,9 +151,10 @@ def test_bss_eval_v3_is_selectable(small_root, tmp_path):
     sr = sf.info(str(track / "vocals.wav")).samplerate
     result = bss_eval_v3(refs, est, sr, sr)
     expected = np.nanmedian(result.sir.numpy(), axis=1).tolist()
-    # a frame of this track where a source starts is not numerically positive definite (flagged unbounded, solved by
-    # LU like museval): its ISR/SIR/SAR depend on the LU's rounding, so on the BLAS thread count of each process
-    assert not result.reliable and math.isinf(result.cond)
+    # a frame of this track where a source starts is numerically at the edge of positive definiteness: whether its
+    # Cholesky succeeds or it is flagged unbounded and solved by LU (like museval) depends on the rounding, so on the
+    # BLAS thread count of each process (the thread budget follows the machine's load); then its ISR/SIR/SAR move by
+    # a few hundredths of a dB between processes, far less than any wrong metric would
     assert [info["whole_track"]["SIR-v3"][s] for s in ("vocals", "accompaniment")] == pytest.approx(expected,
                                                                                                     abs=0.1)
 
