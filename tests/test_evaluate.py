@@ -151,12 +151,13 @@ def test_bss_eval_v3_is_selectable(small_root, tmp_path):
     sr = sf.info(str(track / "vocals.wav")).samplerate
     result = bss_eval_v3(refs, est, sr, sr)
     expected = np.nanmedian(result.sir.numpy(), axis=1).tolist()
-    # a frame of this track where a source starts is numerically at the edge of positive definiteness: whether its
-    # Cholesky succeeds or it is flagged unbounded and solved by LU (like museval) depends on the rounding, so on the
-    # BLAS thread count of each process (the thread budget follows the machine's load); then its ISR/SIR/SAR move by
-    # a few hundredths of a dB between processes, far less than any wrong metric would
+    # frames of this track where a source starts are numerically at the edge of positive definiteness: whether a
+    # Cholesky succeeds or the frame is flagged unbounded and solved by LU (like museval) depends on the rounding, so
+    # on the BLAS thread count of each process (the thread budget follows the machine's load), and such a frame's
+    # ISR/SIR/SAR then move between processes (0.4 dB on this track's SIR median, measured in a full CI run)
+    tol = 1e-6 if result.reliable else 1.0
     assert [info["whole_track"]["SIR-v3"][s] for s in ("vocals", "accompaniment")] == pytest.approx(expected,
-                                                                                                    abs=0.1)
+                                                                                                    abs=tol)
 
 
 def test_second_run_with_another_metric_reuses_the_estimates(small_root, tmp_path, monkeypatch):

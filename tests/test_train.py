@@ -159,7 +159,7 @@ GROUP_OPTIONS = [(group, p.stem) for group in ("data", "module/loss", "module/op
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_every_group_option_composes(group, option):
-    cfg = compose("train", [f"{group}={option}", "paths.output_dir=unused", "data.root=/nowhere"])
+    cfg = compose("train", [f"{group}={option}", "paths.output_dir=unused", "++data.root=/nowhere"])
     node = OmegaConf.select(cfg, group.replace("/", "."))
     assert node is not None or group == "debug"
     if group == "module/loss":

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from mss.data.datamodule import MSSDataModule
-from mss.data.tracks import METADATA_VERSION, MISSING, DatasetError, Track, _listing_key, build_track
+from mss.data.tracks import METADATA_VERSION, MISSING, DatasetError, Track, build_track, listing_key
 from mss.utils import atomic_write_text
 
 log = logging.getLogger("mss.data")
@@ -205,7 +205,7 @@ def find_songs(root, taxonomy: Taxonomy, *, sample_rate: int, channels: int, con
     root = Path(root).expanduser()
     folders = song_folders(root)
     files = sorted(p for d in folders for p in [d / "data.json", *d.glob("*/*")] if p.is_file())
-    key = _listing_key(root, files, {"v": METADATA_VERSION, "layout": "moisesdb", "rules": taxonomy.rules,
+    key = listing_key(root, files, {"v": METADATA_VERSION, "layout": "moisesdb", "rules": taxonomy.rules,
                                      "unmapped": taxonomy.unmapped, "sources": taxonomy.sources, "sr": sample_rate,
                                      "channels": channels, "convert": convert})
     cache = Path(cache_dir).expanduser() / "metadata" / f"{key}.json" if cache_dir else None

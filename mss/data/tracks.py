@@ -103,7 +103,7 @@ class Track:
         return torch.stack([self.read_source(s, **kw) for s in present]).sum(0)
 
 
-def _listing_key(folder: Path, files: list[Path], extra: dict) -> str:
+def listing_key(folder: Path, files: list[Path], extra: dict) -> str:
     h = hashlib.sha1(json.dumps(extra, sort_keys=True).encode())
     h.update(str(folder.resolve()).encode())
     for f in files:
@@ -146,7 +146,7 @@ def find_tracks(
         raise DatasetError(f"{folder}: no track folders; expected {folder}/<track>/{{mixture,"
                            f"{','.join(sources)}}}.{extension}")
     files = sorted(p for d in track_dirs for p in d.glob(f"*.{extension}"))
-    key = _listing_key(folder, files, {"v": METADATA_VERSION, "sources": sources, "aggregates": aggregates,
+    key = listing_key(folder, files, {"v": METADATA_VERSION, "sources": sources, "aggregates": aggregates,
                                        "sr": sample_rate, "channels": channels, "convert": convert,
                                        "missing": missing})
     cache = Path(cache_dir).expanduser() / "metadata" / f"{key}.json" if cache_dir else None
@@ -262,7 +262,7 @@ def decode_stems(root: str | os.PathLike, subsets: list[str], cache_dir: str | o
     stems = sorted(p for s in subsets for p in (root / s).glob("*.stem.mp4"))
     if not stems:
         raise DatasetError(f"{root}: no <subset>/<track>.stem.mp4 files for subsets {subsets} (MUSDB18 layout)")
-    out = Path(cache_dir).expanduser() / "musdb-decoded" / _listing_key(root, stems, {"v": METADATA_VERSION})
+    out = Path(cache_dir).expanduser() / "musdb-decoded" / listing_key(root, stems, {"v": METADATA_VERSION})
     import musdb
 
     for subset in subsets:
