@@ -17,10 +17,13 @@ speed: ``compile=true`` (torch.compile), ``precision=bf16|fp16`` (autocast, :mod
 Every file is written atomically (temporary file, then renamed), as long as the input and at its sample rate.
 
 A file that cannot be read or separated is reported and skipped; the others are written, and the command exits
-non-zero at the end, naming the failed files. Several files are pipelined (:func:`separate_files`): the next file is
-decoded and the previous one's stems encoded in two background threads while the network separates the current
-one; memory holds at most three tracks (the one ahead, the current one, the one being written), each whole: the
-separation itself keeps the track and its estimates in memory (the ``clip=rescale`` peak is that of the whole stem).
+non-zero at the end, naming the failed files. Files are streamed (:class:`FileSeparation`): decoded in blocks of
+``BLOCK_SECONDS`` (ffmpeg through a pipe), separated by :func:`mss.inference.streaming.separation_stream` (the
+chunk grid of whole-track overlap-add, with the same result), and the stems collected in spool files beside their
+destinations and encoded at the end (``clip=rescale`` needs the whole stem's peak), so memory is bounded by the
+segment and the block, not by the track: a two-hour recording separates in the memory a song does. Several files
+are pipelined (:func:`separate_files`): a reader thread decodes ahead (also into the next file) and a writer thread
+encodes the previous file's stems while the network separates the current one.
 """
 
 from __future__ import annotations
@@ -36,21 +39,12 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mss.audio.io import (
-    CLIP_MODES,
-    FFMPEG_SUFFIXES,
-    SOUNDFILE_SUFFIXES,
-    AudioError,
-    decode_audio,
-    output_subtype,
-    prevent_clip,
-    resample,
-    save_audio,
-)
+from mss.audio.io import CLIP_MODES, FFMPEG_SUFFIXES, SOUNDFILE_SUFFIXES, AudioError, output_subtype
+from mss.audio.stream import BlockResampler, Spool, open_audio
 from mss.checkpoint import load_model
 from mss.inference.export import OnnxSeparator, is_onnx
-from mss.inference.overlap_add import apply_model
 from mss.inference.speed import check_precision
+from mss.inference.streaming import separation_stream
 from mss.inference.tta import check_tta
 from mss.pretrained.registry import resolve_checkpoint
 from mss.run import CONF_DIR
@@ -59,6 +53,7 @@ log = logging.getLogger("mss.separate")
 
 AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES + FFMPEG_SUFFIXES
 TEMPLATE_FIELDS = ("track", "source", "ext")
+BLOCK_SECONDS = 10.0  # decoded, separated and written in blocks of this many seconds of the input
 
 
 class SeparateError(RuntimeError):
@@ -134,92 +129,143 @@ def track_name(path: Path) -> str:
     return path.parent.name if path.stem == "mixture" else path.stem
 
 
-def to_model(wav: torch.Tensor, rate: int, net: torch.nn.Module, downmix: bool, path: Path) -> tuple[torch.Tensor,
-                                                                                                     torch.Tensor]:
-    """``(mix for the model (C_model, T_model), the input as the stems will be written (C_out, T))``."""
-    channels, want = wav.shape[0], int(net.audio_channels)
-    if channels > want:
-        if not downmix:
+class FileSeparation:
+    """One input file separated as its blocks arrive (:class:`mss.audio.stream.AudioStream`), its stems collected in
+    spools beside their destinations (:class:`mss.audio.stream.Spool`) and encoded by :meth:`encode`.
+
+    Each block is brought to the model's channels (a mono file duplicated; more channels than the model: averaged
+    with ``downmix``, else an error) and rate (:class:`~mss.audio.stream.BlockResampler`), separated by a
+    :func:`~mss.inference.streaming.separation_stream`, and its estimates brought back to the file's channels (mono
+    files: averaged) and rate and paired with the input samples they separate (two-stem complement, residual). The
+    written stems are as long as the input. Memory is bounded by the segment and the block, not the track, and the
+    stems equal those of separating the whole file at once (:func:`mss.inference.overlap_add.apply_model`)."""
+
+    def __init__(self, net: torch.nn.Module, path: Path, rate: int, channels: int, out_dir: Path,
+                 options: OutputOptions, **stream_kw):
+        self.net, self.path, self.rate, self.options = net, Path(path), int(rate), options
+        want = int(net.audio_channels)
+        if channels > want and not options.downmix:
             raise AudioError(f"{path}: {channels} channels, the model separates {want}; pass downmix=true to "
                              f"average the channels down to {'mono' if want == 1 else f'mono, duplicated to {want}'}")
-        log.info("%s: downmixing %d channels to %d", path, channels, want)
-        wav = wav.mean(0, keepdim=True).expand(want, -1).clone()
-    elif channels < want:
-        if channels != 1:
+        if want > channels != 1:
             raise AudioError(f"{path}: {channels} channels, the model separates {want}; expected mono or {want}")
-        log.info("%s: mono input, duplicated to %d channels (stems written mono)", path, want)
-    mix = wav.expand(want, -1) if channels == 1 else wav
-    if rate != net.sample_rate:
-        log.info("%s: resampling %d Hz to the model's %d Hz (stems written at %d Hz)", path, rate, net.sample_rate,
-                 rate)
-        mix = resample(mix, rate, int(net.sample_rate))
-    return mix.contiguous(), wav
+        if channels > want:
+            log.info("%s: downmixing %d channels to %d", path, channels, want)
+        elif channels < want:
+            log.info("%s: mono input, duplicated to %d channels (stems written mono)", path, want)
+        self.downmix, self.want = channels > want, want
+        self.out_channels = want if self.downmix else channels
+        model_rate = int(net.sample_rate)
+        if self.rate != model_rate:
+            log.info("%s: resampling %d Hz to the model's %d Hz (stems written at %d Hz)", path, rate, model_rate,
+                     rate)
+        self.to_model = BlockResampler(self.rate, model_rate) if self.rate != model_rate else None
+        self.to_file = BlockResampler(model_rate, self.rate) if self.rate != model_rate else None
+        self.stream = separation_stream(net, want, **stream_kw)
+        chosen = list(net.sources) if options.stems is None else list(options.stems)
+        self.chosen, self.rest = chosen, [s for s in net.sources if s not in chosen]
+        names = chosen + (["no_" + "_".join(chosen)] if self.rest else []) + (["residual"] if options.residual
+                                                                            else [])
+        paths = {name: options.path(out_dir, track_name(self.path), name) for name in names}
+        if len(set(paths.values())) != len(paths):
+            raise AudioError(f"filename={options.filename!r} gives the same path to several stems of {path}")
+        self._made = sorted({d for target in paths.values() for d in (target.parent, *target.parent.parents)
+                             if not d.exists()}, key=lambda d: len(d.parts), reverse=True)  # removed by discard()
+        self.spools = {name: Spool(target, self.out_channels) for name, target in paths.items()}
+        self._original = torch.zeros(self.out_channels, 0)  # input samples whose estimates are not written yet
+        self._seen = self._written = 0
 
+    def push(self, block: torch.Tensor) -> None:
+        """Separate the next ``(C, n)`` block of the file (its own rate and channels)."""
+        if self.downmix:
+            block = block.mean(0, keepdim=True).expand(self.want, -1).clone()
+        self._original = torch.cat([self._original, block], dim=-1)
+        self._seen += block.shape[-1]
+        mix = block.expand(self.want, -1) if block.shape[0] == 1 else block
+        if self.to_model is not None:
+            mix = self.to_model.push(mix)
+        self._estimates(self.stream.push(mix.contiguous()[None])[0])
 
-@dataclass
-class Decoded:
-    """An input file as the model takes it: ``mix`` ``(C_model, T_model)`` at the model's rate, the file's own audio
-    ``original`` ``(C, T)`` and its sample ``rate``."""
+    def finish(self) -> None:
+        """Separate what is left after the last block; the spools then hold the whole stems."""
+        if self.to_model is not None:
+            self._estimates(self.stream.push(self.to_model.finish()[None])[0])
+        self._estimates(self.stream.finish()[0], last=True)
+        if self._written < self._seen:  # the round trip through the model's rate can end a few samples short
+            sources = len(self.net.sources)
+            self._write(torch.zeros(sources, self.out_channels, self._seen - self._written))
 
-    path: Path
-    mix: torch.Tensor
-    original: torch.Tensor
-    rate: int
+    def _estimates(self, est: torch.Tensor, last: bool = False) -> None:
+        """Estimates ``(S, C_model, m)`` at the model's rate, the next ones in time."""
+        est = est.cpu()
+        if self.out_channels != est.shape[1]:  # mono input: the stems averaged back to mono
+            est = est.mean(1, keepdim=True)
+        if self.to_file is not None:
+            est = self.to_file.push(est)
+            if last:
+                est = torch.cat([est, self.to_file.finish()], dim=-1)
+        self._write(est[..., : self._seen - self._written])
 
+    def _write(self, est: torch.Tensor) -> None:
+        n = est.shape[-1]
+        original, self._original = self._original[..., :n], self._original[..., n:]
+        stems = dict(zip(self.net.sources, est))
+        outputs = {s: stems[s] for s in self.chosen}
+        if self.rest:
+            name = "no_" + "_".join(self.chosen)
+            outputs[name] = (original - sum(outputs.values()) if self.options.complement == "minus"
+                             else sum(stems[s] for s in self.rest))
+        if self.options.residual:
+            outputs["residual"] = original - est.sum(0)
+        for name, wave in outputs.items():
+            self.spools[name].write(wave)
+        self._written += n
 
-def decode_input(path: Path, net: torch.nn.Module, downmix: bool = False) -> Decoded:
-    """Read ``path`` (soundfile or ffmpeg) and bring it to the model's channels and rate (:func:`to_model`)."""
-    wav, rate = decode_audio(path)
-    mix, original = to_model(wav, rate, net, downmix, path)
-    return Decoded(path, mix, original, rate)
+    def encode(self) -> list[Path]:
+        """Encode every stem (clipping, format, bit depth; atomically); returns the written paths."""
+        try:
+            return [spool.encode(self.rate, self.options.subtype, self.options.clip) for spool in self.spools.values()]
+        finally:
+            self.discard()
 
-
-def write_stems(net: torch.nn.Module, item: Decoded, est: torch.Tensor, out_dir: Path,
-                options: OutputOptions) -> list[Path]:
-    """Write the estimates ``est`` ``(S, C_model, T_model)`` of ``item`` as :class:`OutputOptions` asks (back to the
-    file's channels and rate, two-stem complement, residual, clipping, format); returns the written paths."""
-    original, rate = item.original, item.rate
-    if original.shape[0] != est.shape[1]:  # mono input: the stems averaged back to mono
-        est = est.mean(1, keepdim=True)
-    if rate != net.sample_rate:
-        est = resample(est, int(net.sample_rate), rate)
-    frames = original.shape[-1]
-    est = torch.nn.functional.pad(est, (0, max(0, frames - est.shape[-1])))[..., :frames]
-    stems = dict(zip(net.sources, est))
-    chosen = list(net.sources) if options.stems is None else list(options.stems)
-    outputs = {s: stems[s] for s in chosen}
-    rest = [s for s in net.sources if s not in chosen]
-    if rest:
-        name = "no_" + "_".join(chosen)
-        outputs[name] = (original - sum(outputs.values()) if options.complement == "minus"
-                         else sum(stems[s] for s in rest))
-    if options.residual:
-        outputs["residual"] = original - est.sum(0)
-    track = track_name(item.path)
-    paths = {name: options.path(out_dir, track, name) for name in outputs}
-    if len(set(paths.values())) != len(paths):
-        raise AudioError(f"filename={options.filename!r} gives the same path to several stems of {item.path}")
-    return [save_audio(paths[name], prevent_clip(wave, options.clip), rate, subtype=options.subtype)
-            for name, wave in outputs.items()]
+    def discard(self) -> None:
+        """Remove the spools, and the folders made for them that stayed empty (nothing is written)."""
+        for spool in self.spools.values():
+            spool.discard()
+        for folder in self._made:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def separate_file(net: torch.nn.Module, path: Path, out_dir: Path, options: OutputOptions | None = None, *,
-                  device: torch.device | None = None, **apply_kw) -> list[Path]:
-    """Separate one file into ``out_dir/<filename template>`` per :class:`OutputOptions`; returns the written
-    paths. ``apply_kw`` go to :func:`mss.inference.overlap_add.apply_model` (segment, overlap, shifts, tta, ...)."""
+                  device: torch.device | None = None, block_seconds: float = BLOCK_SECONDS, **stream_kw
+                  ) -> list[Path]:
+    """Separate one file into ``out_dir/<filename template>`` per :class:`OutputOptions`, block by block
+    (:class:`FileSeparation`); returns the written paths. ``stream_kw`` go to
+    :func:`mss.inference.streaming.separation_stream` (segment, overlap, shifts, tta, ...)."""
     options = options or OutputOptions()
-    item = decode_input(path, net, options.downmix)
-    est = apply_model(net, item.mix, device=device, progress=True, **apply_kw).cpu()
-    return write_stems(net, item, est, out_dir, options)
+    with open_audio(path, block_seconds) as stream:
+        job = FileSeparation(net, path, stream.rate, stream.channels, out_dir, options, device=device, **stream_kw)
+        try:
+            for block in stream:
+                job.push(block)
+            job.finish()
+        except BaseException:
+            job.discard()
+            raise
+    return job.encode()
 
 
 def separate_files(net: torch.nn.Module, files: Sequence[Path], out_dir: Path, options: OutputOptions | None = None,
-                   *, device: torch.device | None = None, progress: bool = True, **apply_kw
-                   ) -> tuple[dict[Path, list[Path]], list[tuple[Path, str]]]:
-    """:func:`separate_file` for every file, pipelined: the next file is decoded (one reader thread) and the previous
-    one's stems encoded and written (one writer thread) while the network separates the current one, so the network
-    waits for neither; at most one decoded file ahead and one being written are held besides the current one. A file
-    that fails at any stage is logged and skipped. Returns ``({input: written paths}, [(input, error)])``."""
+                   *, device: torch.device | None = None, progress: bool = True, block_seconds: float = BLOCK_SECONDS,
+                   **stream_kw) -> tuple[dict[Path, list[Path]], list[tuple[Path, str]]]:
+    """:func:`separate_file` for every file, pipelined: a reader thread decodes blocks (of the current file, then
+    the next) into a short queue while the network separates, and a writer thread encodes one file's stems while
+    the next file is separated, so the network waits for neither; memory holds a few blocks, one file's streaming
+    state and nothing that grows with the tracks. A file that fails at any stage is logged and skipped (its decoding
+    stopped, its spools removed). Returns ``({input: written paths}, [(input, error)])``."""
+    import queue
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
@@ -227,6 +273,25 @@ def separate_files(net: torch.nn.Module, files: Sequence[Path], out_dir: Path, o
     options = options or OutputOptions()
     written: dict[Path, list[Path]] = {}
     failed: list[tuple[Path, str]] = []
+    blocks: queue.Queue = queue.Queue(maxsize=4)
+    cancelled: set[Path] = set()
+    stop = threading.Event()
+
+    def read() -> None:
+        for path in files:
+            try:
+                with open_audio(path, block_seconds) as stream:
+                    blocks.put(("start", path, stream))
+                    for block in stream:
+                        if path in cancelled or stop.is_set():
+                            break
+                        blocks.put(("block", path, block))
+                blocks.put(("end", path, None))
+            except Exception as err:  # noqa: BLE001 -- reported by the main thread, the next file goes on
+                blocks.put(("error", path, err))
+            if stop.is_set():
+                return
+        blocks.put(("done", None, None))
 
     def fail(path: Path, err: Exception) -> None:
         log.error("%s: skipped: %s", path, str(err).splitlines()[0] if str(err) else type(err).__name__)
@@ -240,24 +305,57 @@ def separate_files(net: torch.nn.Module, files: Sequence[Path], out_dir: Path, o
         except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
             fail(path, err)
 
-    with ThreadPoolExecutor(1, thread_name_prefix="mss-decode") as reader, \
-            ThreadPoolExecutor(1, thread_name_prefix="mss-encode") as writer:
-        ahead = reader.submit(decode_input, files[0], net, options.downmix) if files else None
-        pending = None
-        for i, path in enumerate(tqdm(files, desc="files", unit="file", disable=not progress or len(files) < 2)):
-            current = ahead
-            ahead = reader.submit(decode_input, files[i + 1], net, options.downmix) if i + 1 < len(files) else None
-            try:
-                item = current.result()
-                est = apply_model(net, item.mix, device=device, progress=progress, **apply_kw).cpu()
-            except Exception as err:  # noqa: BLE001
-                fail(path, err)
-                continue
+    reader = threading.Thread(target=read, name="mss-decode", daemon=True)
+    job: FileSeparation | None = None
+    pending = None
+    files_bar = tqdm(total=len(files), desc="files", unit="file", disable=not progress or len(files) < 2)
+    bar = None
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="mss-encode") as writer:
+            reader.start()
+            while True:
+                kind, path, payload = blocks.get()
+                if kind == "done":
+                    break
+                try:
+                    if kind == "start":
+                        seconds = payload.frames / payload.rate if payload.frames else None
+                        bar = tqdm(total=seconds, desc=path.name, unit="s", disable=not progress, leave=False)
+                        job = FileSeparation(net, path, payload.rate, payload.channels, out_dir, options,
+                                             device=device, **stream_kw)
+                    elif kind == "block" and job is not None:
+                        job.push(payload)
+                        bar.update(payload.shape[-1] / job.rate)
+                    elif kind == "end" and job is not None:
+                        job.finish()
+                        if pending is not None:
+                            finish(pending)  # the previous file's stems are on disk before the next encode starts
+                        pending, job = (path, writer.submit(job.encode)), None
+                    elif kind == "error":
+                        raise payload
+                except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
+                    cancelled.add(path)
+                    if job is not None:
+                        job.discard()
+                        job = None
+                    fail(path, err)
+                if kind in ("end", "error"):
+                    files_bar.update(1)
+                    if bar is not None:
+                        bar.close()
+                        bar = None
             if pending is not None:
-                finish(pending)  # the previous file's stems are on disk before the next write starts
-            pending = (path, writer.submit(write_stems, net, item, est, out_dir, options))
-        if pending is not None:
-            finish(pending)
+                finish(pending)
+    finally:
+        stop.set()
+        if job is not None:
+            job.discard()
+        files_bar.close()
+        while reader.is_alive():  # let the reader see `stop` rather than wait on a full queue
+            try:
+                blocks.get(timeout=0.1)
+            except queue.Empty:
+                pass
     return written, failed
 
 

@@ -268,7 +268,7 @@ def test_evaluation_tta_through_the_evaluate_cli(toys, synth_root, tmp_path):
 
 
 def test_folders_are_pipelined_and_equal_file_by_file_separation(toys, tmp_path, monkeypatch):
-    """mss.separate on a folder decodes the next file while the network separates the current one (and writes the
+    """mss.separate on a folder decodes the next file while the network separates the current one (and encodes the
     previous one's stems meanwhile): each file's stems equal those of :func:`separate_file` alone, and a corrupt file
     in the middle is reported without stopping the others."""
     import threading
@@ -285,24 +285,24 @@ def test_folders_are_pipelined_and_equal_file_by_file_separation(toys, tmp_path,
     (songs / "s1b.wav").write_bytes(b"RIFF not audio")
     net = load_model(ckpts["channel_mix"])
     events, lock = [], threading.Lock()
-    decode, apply = sep.decode_input, sep.apply_model
+    opener, plain_forward = sep.open_audio, net.forward
 
-    def logged_decode(path, *args):
+    def logged_open(path, *args):
         with lock:
-            events.append(("decode", path.stem, threading.current_thread().name))
-        return decode(path, *args)
+            events.append(("decode", Path(path).stem, threading.current_thread().name))
+        return opener(path, *args)
 
-    def slow_apply(net, mix, **kw):
+    def slow_forward(mix):
         with lock:
-            events.append(("start", len([e for e in events if e[0] == "start"])))
+            events.append(("start",))
         time.sleep(0.5)
-        out = apply(net, mix, **kw)
+        out = plain_forward(mix)
         with lock:
             events.append(("end",))
         return out
 
-    monkeypatch.setattr(sep, "decode_input", logged_decode)
-    monkeypatch.setattr(sep, "apply_model", slow_apply)
+    monkeypatch.setattr(sep, "open_audio", logged_open)
+    monkeypatch.setattr(net, "forward", slow_forward)
     files = sep.list_inputs(songs)
     written, failed = sep.separate_files(net, files, tmp_path / "piped", progress=False)
     assert [p.name for p, _ in failed] == ["s1b.wav"] and sorted(p.stem for p in written) == ["s0", "s1", "s2"]
@@ -315,3 +315,4 @@ def test_folders_are_pipelined_and_equal_file_by_file_separation(toys, tmp_path,
         alone = sep.separate_file(net, songs / f"s{i}.wav", tmp_path / "alone")
         for path in alone:
             np.testing.assert_array_equal(read(path), read(tmp_path / "piped" / f"s{i}" / path.name))
+    assert not list((tmp_path / "piped").rglob("*.spool")) and not list((tmp_path / "piped").rglob("*.tmp"))

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,18 +237,8 @@ def output_subtype(fmt: str, bit_depth: str | int) -> str:
     return BIT_DEPTHS[depth]
 
 
-def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sample_rate: int,
-               subtype: str = "PCM_16") -> Path:
-    """Atomically write ``(C, T)`` audio (a temporary file beside ``path``, then renamed; format from the suffix:
-    .wav, .flac or .mp3 at 320 kb/s constant bit rate). Values are clipped to [-1, 1] for all but float WAV."""
-    path = Path(path)
-    if isinstance(wav, torch.Tensor):
-        wav = wav.detach().to("cpu", torch.float32).numpy()
-    if wav.ndim != 2:
-        raise AudioError(f"{path}: expected a (channels, samples) array, got shape {wav.shape}")
-    data = wav.T
-    if subtype not in FLOAT_SUBTYPES:
-        data = np.clip(data, -1.0, 1.0)
+def _writer_args(path: Path, subtype: str) -> tuple[str, str, dict]:
+    """soundfile ``(format, subtype, extra)`` for writing ``path`` (format from the suffix)."""
     fmt = {f".{k}": v for k, v in OUTPUT_FORMATS.items()}.get(path.suffix.lower())
     if fmt is None:
         raise AudioError(f"{path}: unsupported output format {path.suffix!r}; use .wav, .flac or .mp3")
@@ -256,5 +247,32 @@ def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sample_r
         subtype = "PCM_24"
     if fmt == "MP3":
         subtype, extra = "MPEG_LAYER_III", {"bitrate_mode": "CONSTANT", "compression_level": 0.0}  # 320 kb/s
-    atomic_write(path, lambda tmp: sf.write(tmp, data, int(sample_rate), subtype=subtype, format=fmt, **extra))
+    return fmt, subtype, extra
+
+
+def write_blocks(path: str | os.PathLike, blocks: Iterable[np.ndarray], sample_rate: int, channels: int,
+                 subtype: str = "PCM_16") -> Path:
+    """Atomically write audio given as consecutive ``(frames, C)`` float blocks (a temporary file beside ``path``,
+    then renamed; format from the suffix: .wav, .flac or .mp3 at 320 kb/s constant bit rate), one block in memory
+    at a time. Values are clipped to [-1, 1] for all but float WAV."""
+    path = Path(path)
+    fmt, file_subtype, extra = _writer_args(path, subtype)
+
+    def write(tmp: str) -> None:
+        with sf.SoundFile(tmp, "w", int(sample_rate), int(channels), file_subtype, format=fmt, **extra) as f:
+            for data in blocks:
+                f.write(data if file_subtype in FLOAT_SUBTYPES else np.clip(data, -1.0, 1.0))
+
+    atomic_write(path, write)
     return path
+
+
+def save_audio(path: str | os.PathLike, wav: torch.Tensor | np.ndarray, sample_rate: int,
+               subtype: str = "PCM_16") -> Path:
+    """Atomically write ``(C, T)`` audio (:func:`write_blocks` with one block)."""
+    path = Path(path)
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().to("cpu", torch.float32).numpy()
+    if wav.ndim != 2:
+        raise AudioError(f"{path}: expected a (channels, samples) array, got shape {wav.shape}")
+    return write_blocks(path, [wav.T], sample_rate, wav.shape[0], subtype)

@@ -26,7 +26,7 @@ from mss.inference.tta import TTA_TRANSFORMS, check_tta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["apply_model", "chunk_window"]
+__all__ = ["apply_model", "check_chunking", "chunk_window"]
 
 DEFAULT_MAX_SHIFT = 22050  # half a second at 44.1 kHz
 
@@ -59,6 +59,17 @@ def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return fallback
+
+
+def check_chunking(segment: int, overlap: float, batch_size: int) -> tuple[int, int]:
+    """``(segment, stride)`` of the chunk grid, with a clear error for settings that give none."""
+    if segment <= 0:
+        raise ValueError(f"segment must be positive, got {segment}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return segment, max(1, int(segment * (1.0 - overlap)))
 
 
 def _n_chunks(length: int, segment: int, stride: int) -> int:
@@ -186,13 +197,7 @@ def apply_model(
         segment = getattr(model, "segment_length", None)
         if segment is None:
             raise ValueError("segment is required: the model has no `segment_length` attribute")
-    segment = int(segment)
-    if segment <= 0:
-        raise ValueError(f"segment must be positive, got {segment}")
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    segment, stride = check_chunking(int(segment), overlap, batch_size)
     if mix.dim() not in (2, 3):
         raise ValueError(f"mix must be (C, T) or (B, C, T), got shape {tuple(mix.shape)}")
 
@@ -202,7 +207,6 @@ def apply_model(
         mix3 = mix3.float()
     batch, _, length = mix3.shape
     device = torch.device(device) if device is not None else _model_device(model, mix3.device)
-    stride = max(1, int(segment * (1.0 - overlap)))
     window = chunk_window(segment, weight, transition_power)
     forward = fast_forward(model, device, compile=compile, precision=precision)
 
