@@ -1,6 +1,7 @@
 """Peak memory of separating one file, streamed (``mss.separate``) against the whole track at once, by track length.
 
-    python scripts/bench_separate_memory.py [--seconds 60 600] [--model unet_2stems] [--threads 2] [--json OUT]
+    python scripts/bench_separate_memory.py [--seconds 60 600] [--model unet_2stems] [--methods stream,whole]
+                                            [--threads 2] [--json OUT]
 
 Track: ``--seconds`` of stereo 44.1 kHz 16-bit WAV (the band-limited noise sources of ``scripts/bench_eval.py``).
 Model: ``conf/model/<--model>.yaml`` at random weights (seed 0), saved as an mss checkpoint. Methods, each in a
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, nargs="+", default=[60.0, 600.0])
     parser.add_argument("--model", default="unet_2stems", help="a conf/model config name")
+    parser.add_argument("--methods", default="stream,whole", help="comma-separated subset of stream,whole")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "DIR", "SECONDS"), help=argparse.SUPPRESS)
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (2 cores); model {args.model}")
         for seconds in args.seconds:
             row = {"seconds": seconds}
-            for method in ("stream", "whole"):
+            for method in args.methods.split(","):
                 proc = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--worker", method,
                                        str(folder), str(seconds)], capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
@@ -113,19 +115,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row[method] = json.loads(proc.stdout.strip().splitlines()[-1])
                 print(f"  {seconds:g} s {method}: {row[method]}", flush=True)
             track = f"track{seconds:g}"
-            row["max_abs_diff"] = max(
-                float(np.abs(sf.read(p, dtype="float32")[0] - sf.read(folder / "whole" / track / p.name,
-                                                                       dtype="float32")[0]).max())
-                for p in sorted((folder / "stream" / track).iterdir()))
+            if len(row) == 3:
+                row["max_abs_diff"] = max(
+                    float(np.abs(sf.read(p, dtype="float32")[0] - sf.read(folder / "whole" / track / p.name,
+                                                                           dtype="float32")[0]).max())
+                    for p in sorted((folder / "stream" / track).iterdir()))
             rows.append(row)
     print("\n| track s | streamed peak MB | whole-track peak MB | whole / streamed | streamed wall s | whole wall s "
           "| max abs Δ |")
     print("|---|---|---|---|---|---|---|")
+    cell = lambda r, m, k, f: format(r[m][k], f) if m in r and r[m][k] is not None else "–"  # noqa: E731
     for r in rows:
-        s, w = r["stream"], r["whole"]
-        ratio = f"{w['peak_mb'] / s['peak_mb']:.1f}×" if s["peak_mb"] and w["peak_mb"] else "–"
-        print(f"| {r['seconds']:g} | {s['peak_mb']:.0f} | {w['peak_mb']:.0f} | {ratio} | {s['wall_s']:.1f} | "
-              f"{w['wall_s']:.1f} | {r['max_abs_diff']:.2g} |")
+        ratio = (f"{r['whole']['peak_mb'] / r['stream']['peak_mb']:.1f}×" if len(r) > 2 and r["stream"]["peak_mb"]
+                 and r["whole"]["peak_mb"] else "–")
+        diff = f"{r['max_abs_diff']:.2g}" if "max_abs_diff" in r else "–"
+        print(f"| {r['seconds']:g} | {cell(r, 'stream', 'peak_mb', '.0f')} | {cell(r, 'whole', 'peak_mb', '.0f')} | "
+              f"{ratio} | {cell(r, 'stream', 'wall_s', '.1f')} | {cell(r, 'whole', 'wall_s', '.1f')} | {diff} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return rows

@@ -197,3 +197,17 @@ def test_audio_stream_blocks_and_errors(tmp_path):
 def test_file_separation_refuses_channels_it_cannot_map(tmp_path):
     with pytest.raises(AudioError, match="3 channels.*downmix=true"):
         FileSeparation(ConvNet(), tmp_path / "x.wav", 8000, 3, tmp_path, OutputOptions())
+
+
+@pytest.mark.slow
+def test_memory_benchmark_runs_and_both_methods_write_the_same_stems(capsys):
+    """scripts/bench_separate_memory.py (the Spleeter U-Net at its released size, 1 s and 3 s tracks): its table,
+    and the streamed stems equal the whole-track ones."""
+    from scripts.bench_separate_memory import main
+
+    rows = main(["--seconds", "1", "3", "--threads", "1"])
+    assert [r["seconds"] for r in rows] == [1.0, 3.0]
+    for row in rows:
+        assert row["max_abs_diff"] == 0.0
+        assert row["stream"]["peak_mb"] > 0 and row["whole"]["peak_mb"] > 0
+    assert "| 3 |" in capsys.readouterr().out
