@@ -118,7 +118,7 @@ def test_fast_path_full_size_unet_at_random_weights() -> None:
 
 
 def test_fast_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = {"subpixel": 0, "transposed": 0, "masked": 0}
+    calls = {"subpixel": 0, "transposed": 0, "masked": 0, "head": 0}
 
     def count(key, fn):
         def wrapper(*args, **kwargs):
@@ -129,6 +129,7 @@ def test_fast_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(unet_module, "conv_transpose2d_stride2", count("subpixel", conv_transpose2d_stride2))
     monkeypatch.setattr(F_, "conv_transpose2d", count("transposed", F_.conv_transpose2d))
     monkeypatch.setattr(SpleeterUNet, "masked_spectrogram", count("masked", SpleeterUNet.masked_spectrogram))
+    monkeypatch.setattr(UNet2d, "_tap_head", count("head", UNet2d._tap_head))
     torch.manual_seed(0)
     model = SpleeterUNet(["vocals", "drums"], **SMALL).eval()
     for unet in model.unets.values():
@@ -136,9 +137,9 @@ def test_fast_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     mix = torch.randn(1, 2, 3000)
     with torch.inference_mode():
         model(mix)
-    assert calls == {"subpixel": 2 * 4, "transposed": 2 * 2, "masked": 1}
+    assert calls == {"subpixel": 2 * 4, "transposed": 2 * 2, "masked": 1, "head": 2}
     model(mix)  # gradients on: plain path only
-    assert calls == {"subpixel": 2 * 4, "transposed": 2 * 2 + 2 * 6, "masked": 1}
+    assert calls == {"subpixel": 2 * 4, "transposed": 2 * 2 + 2 * 6, "masked": 1, "head": 2}
     model.train()
     with torch.no_grad():  # training mode, no gradients: the sub-pixel path is exact here too
         model(mix)
@@ -184,3 +185,13 @@ def test_masked_spectrogram_is_frame_major() -> None:
     wav = istft(out.reshape(4, 129, 9), 256, 64, 512)
     torch.testing.assert_close(wav, istft((model.extend_mask(mask) * spec.unsqueeze(1)).reshape(4, 129, 9), 256, 64,
                                           512), rtol=0, atol=0)
+
+
+def test_tap_head_equals_the_dilated_conv() -> None:
+    torch.manual_seed(0)
+    unet = _perturb(UNet2d(2, filters=(4, 8)), seed=4).eval()
+    x = torch.rand(3, 1, 21, 17)
+    with torch.no_grad():
+        got = unet._tap_head(x)
+        torch.testing.assert_close(got, unet.head(x), rtol=1e-5, atol=1e-6)
+    assert got.is_contiguous()

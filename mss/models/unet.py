@@ -159,7 +159,7 @@ class UNet2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x``: magnitude ``(B, C, F, N)`` -> mask (sigmoid) or mask logits ``(B, C, F, N)``."""
         if self.channels_last and self.subpixel_active():
-            return self._forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+            return self._forward(x.contiguous(memory_format=torch.channels_last))  # the head returns NCHW
         return self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:
@@ -178,8 +178,24 @@ class UNet2d(nn.Module):
             if i < len(skips):
                 x = torch.cat([skips[-1 - i], x], dim=1)
         pad_f, pad_n = (_tf_same_pad(s, 4, 1, 2) for s in x.shape[-2:])
-        x = self.head(F_.pad(x, (*pad_n, *pad_f)))
+        x = F_.pad(x, (*pad_n, *pad_f))
+        x = self._tap_head(x) if self.head.in_channels == 1 and self.subpixel_active() else self.head(x)
         return torch.sigmoid(x) if self.sigmoid else x
+
+    def _tap_head(self, x: Tensor) -> Tensor:
+        """The 1-channel dilated head as a sum of its ``kh * kw`` shifted, weighted images (inference; about twice
+        as fast as oneDNN's convolution for one input and ``C`` output channels). ``x``: padded ``(B, 1, H', W')``
+        -> ``(B, C, H, W)`` contiguous."""
+        weight, bias = self.head.weight, self.head.bias  # (C, 1, kh, kw), (C,)
+        (kh, kw), (dh, dw) = self.head.kernel_size, self.head.dilation
+        h, w = x.shape[-2] - dh * (kh - 1), x.shape[-1] - dw * (kw - 1)
+        out = x.new_zeros(x.shape[0], weight.shape[0], h, w)
+        if bias is not None:
+            out += bias.view(1, -1, 1, 1)
+        for i in range(kh):
+            for j in range(kw):
+                out.addcmul_(x[..., i * dh:i * dh + h, j * dw:j * dw + w], weight[:, :, i, j].view(1, -1, 1, 1))
+        return out
 
 
 class SpleeterUNet(Separator):
