@@ -20,6 +20,14 @@ dropout 0.5 on the first three decoder blocks; concatenation order ``[skip, deco
 head; He-uniform init with zero biases; Keras BN hyper-parameters (``eps=1e-3``, momentum 0.99, i.e.
 torch ``momentum=0.01``).
 
+Inference fast path (gradients off and eager: not compiling, tracing, exporting or under
+:func:`mss.audio.spectral.real_valued`; same weights and state dict, same outputs up to float rounding): the U-Net
+runs on channels-last images; the decoder layers with at most :data:`SUBPIXEL_MAX_OUT` output channels (``UNet2d.
+subpixel``) run as one ``Conv2d`` + pixel shuffle (:mod:`mss.models.subpixel`, sub-kernels cached per layer); the
+1-channel head is a sum of shifted weighted images; the ratio masks multiply only the ``freq_bins`` band of the STFT,
+written in the layout the iSTFT reads (:meth:`SpleeterUNet.masked_spectrogram`). With gradients on (training) every
+step is the plain one above.
+
 Shape legend: ``B`` batch, ``S`` sources, ``C`` audio channels, ``T`` samples, ``F`` frequency bins,
 ``N`` STFT frames.
 """
@@ -129,9 +137,9 @@ class UNet2d(nn.Module):
         return {**super().__getstate__(), "_subpixel_cache": {}}  # derived tensors: never pickled / deep-copied
 
     @staticmethod
-    def subpixel_active() -> bool:
-        """Whether the sub-pixel decoder path may run: gradients off, eager (not compiling, tracing or exporting,
-        not under :func:`mss.audio.spectral.real_valued`)."""
+    def fast_path_active() -> bool:
+        """Whether the inference fast path (sub-pixel decoder, channels-last, tap head) may run: gradients off,
+        eager (not compiling, tracing or exporting, not under :func:`mss.audio.spectral.real_valued`)."""
         return not (torch.is_grad_enabled() or real_valued_active() or torch.compiler.is_compiling()
                     or torch.compiler.is_exporting() or torch.jit.is_tracing())
 
@@ -150,7 +158,7 @@ class UNet2d(nn.Module):
 
     def _deconv(self, i: int, x: Tensor, size: tuple[int, int]) -> Tensor:
         """Decoder block ``i``'s transposed conv, cropped to ``size`` (:meth:`_crop_deconv`)."""
-        if self.subpixel[i] and self.subpixel_active():
+        if self.subpixel[i] and self.fast_path_active():
             weight, bias = self._subpixel_params(i)
             start = (self.kernel_size - 2) // 2
             return conv_transpose2d_stride2(x, weight, bias, self.dec_conv[i].kernel_size, (start, start), size)
@@ -158,7 +166,7 @@ class UNet2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: magnitude ``(B, C, F, N)`` -> mask (sigmoid) or mask logits ``(B, C, F, N)``."""
-        if self.channels_last and self.subpixel_active():
+        if self.channels_last and self.fast_path_active():
             return self._forward(x.contiguous(memory_format=torch.channels_last))  # the head returns NCHW
         return self._forward(x)
 
@@ -179,7 +187,7 @@ class UNet2d(nn.Module):
                 x = torch.cat([skips[-1 - i], x], dim=1)
         pad_f, pad_n = (_tf_same_pad(s, 4, 1, 2) for s in x.shape[-2:])
         x = F_.pad(x, (*pad_n, *pad_f))
-        x = self._tap_head(x) if self.head.in_channels == 1 and self.subpixel_active() else self.head(x)
+        x = self._tap_head(x) if self.head.in_channels == 1 and self.fast_path_active() else self.head(x)
         return torch.sigmoid(x) if self.sigmoid else x
 
     def _tap_head(self, x: Tensor) -> Tensor:
