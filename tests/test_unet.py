@@ -102,6 +102,7 @@ def test_spleeter_feature_map_shapes() -> None:
 def test_skip_and_bottleneck_wiring() -> None:
     """Decoder gets the raw conv6 output; skips are raw conv outputs (before BN/activation); BN6 unused."""
     unet = _small().unets["vocals"].eval()
+    unet.subpixel = [False] * 6  # the hooks need the ConvTranspose2d modules called (the inference fast path is not)
     seen: dict[str, torch.Tensor] = {}
 
     def keep(name: str, use_input: bool = False):
