@@ -171,9 +171,9 @@ def test_progress_bar_runs() -> None:
 
 
 def test_apply_model_keeps_freed_heap_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mss.inference.overlap_add as overlap_add
+    import mss.inference.speed as speed
 
     calls = []
-    monkeypatch.setattr(overlap_add, "tune_allocator", lambda: calls.append(1))
+    monkeypatch.setattr(speed, "tune_allocator", lambda: calls.append(1))
     apply_model(Identity(), torch.randn(2, 3 * SEGMENT))
     assert calls == [1]  # glibc mallopt (mss.platform.allocator): no fresh page faults for every batch

@@ -23,7 +23,6 @@ from torch import nn
 from mss.inference.bag import BagOfModels
 from mss.inference.speed import fast_forward
 from mss.inference.tta import TTA_TRANSFORMS, check_tta
-from mss.platform.allocator import tune_allocator
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +172,8 @@ def apply_model(
     Returns:
         ``(S, C, T)`` or ``(B, S, C, T)`` separated stems, same length and device as ``mix``.
 
-    Side effect (glibc only): :func:`mss.platform.allocator.tune_allocator`, freed heap memory stays in the process
-    for reuse by the next batch instead of being returned to the OS and page-faulted in again.
+    Side effect (glibc only, :func:`mss.inference.speed.fast_forward`): freed heap memory stays in the process for
+    reuse by the next batch instead of being returned to the OS and page-faulted in again.
     """
     transforms = check_tta(tta)
     if transforms:
@@ -213,10 +212,6 @@ def apply_model(
     device = torch.device(device) if device is not None else _model_device(model, mix3.device)
     window = chunk_window(segment, weight, transition_power)
     forward = fast_forward(model, device, compile=compile, precision=precision)
-    # every batch of chunks allocates and frees hundreds of MB (spectrograms, feature maps): glibc would mmap each
-    # big block afresh and page-fault it in again (Spleeter U-Net, 60 s track: 1.4 of 4.5 CPU-s in the kernel);
-    # keeping freed memory in the heap makes the later batches reuse it (no-op without glibc)
-    tune_allocator()
 
     if shifts > 0:
         if max_shift is None:

@@ -23,7 +23,7 @@ torch ``momentum=0.01``).
 Inference fast path (gradients off and eager: not compiling, tracing, exporting or under
 :func:`mss.audio.spectral.real_valued`; same weights and state dict, same outputs up to float rounding): the U-Net
 runs on channels-last images; the decoder layers with at most :data:`SUBPIXEL_MAX_OUT` output channels (``UNet2d.
-subpixel``) run as one ``Conv2d`` + pixel shuffle (:mod:`mss.models.subpixel`, sub-kernels cached per layer); the
+subpixel``) run as one ``Conv2d`` + pixel shuffle (:mod:`mss.models.subpixel`); the
 1-channel head is a sum of shifted weighted images; the ratio masks multiply only the ``freq_bins`` band of the STFT,
 written in the layout the iSTFT reads (:meth:`SpleeterUNet.masked_spectrogram`). With gradients on (training) every
 step is the plain one above.
@@ -110,9 +110,8 @@ class UNet2d(nn.Module):
             nn.Dropout(dropout) if (i < 3 and i < depth - 1) else nn.Identity() for i in range(depth))
         self.head = nn.Conv2d(1, channels, kernel_size=4, dilation=2)
         # inference only (grad disabled, eager): these decoder layers run as a sub-pixel conv (mss.models.subpixel),
-        # same weights; the derived sub-kernels are cached per layer (not in the state dict)
+        # same weights, re-arranged at each call
         self.subpixel = [o <= SUBPIXEL_MAX_OUT for o in outs]
-        self._subpixel_cache: dict[int, tuple] = {}
         self.channels_last = True  # inference (same condition): run the convolutions on channels-last images
         self.reset_parameters()
 
@@ -133,9 +132,6 @@ class UNet2d(nn.Module):
         start = (self.kernel_size - 2) // 2
         return x[..., start:start + size[0], start:start + size[1]]
 
-    def __getstate__(self) -> dict:
-        return {**super().__getstate__(), "_subpixel_cache": {}}  # derived tensors: never pickled / deep-copied
-
     @staticmethod
     def fast_path_active() -> bool:
         """Whether the inference fast path (sub-pixel decoder, channels-last, tap head) may run: gradients off,
@@ -143,25 +139,14 @@ class UNet2d(nn.Module):
         return not (torch.is_grad_enabled() or real_valued_active() or torch.compiler.is_compiling()
                     or torch.compiler.is_exporting() or torch.jit.is_tracing())
 
-    def _subpixel_params(self, i: int) -> tuple[Tensor, Tensor | None]:
-        """Cached :func:`subpixel_weight` / :func:`subpixel_bias` of ``dec_conv[i]`` (rebuilt when the weights
-        change: in-place updates bump the tensor version, ``.to()`` changes the storage)."""
-        conv = self.dec_conv[i]
-        key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in (conv.weight, conv.bias) if t is not None)
-        hit = self._subpixel_cache.get(i)
-        if hit is None or hit[0] != key:
-            with torch.inference_mode(False), torch.no_grad():
-                bias = None if conv.bias is None else subpixel_bias(conv.bias.detach())
-                hit = (key, subpixel_weight(conv.weight.detach()), bias)
-            self._subpixel_cache[i] = hit
-        return hit[1], hit[2]
-
     def _deconv(self, i: int, x: Tensor, size: tuple[int, int]) -> Tensor:
         """Decoder block ``i``'s transposed conv, cropped to ``size`` (:meth:`_crop_deconv`)."""
         if self.subpixel[i] and self.fast_path_active():
-            weight, bias = self._subpixel_params(i)
+            conv = self.dec_conv[i]  # few output channels: re-arranging the weight costs next to nothing
+            bias = None if conv.bias is None else subpixel_bias(conv.bias)
             start = (self.kernel_size - 2) // 2
-            return conv_transpose2d_stride2(x, weight, bias, self.dec_conv[i].kernel_size, (start, start), size)
+            return conv_transpose2d_stride2(x, subpixel_weight(conv.weight), bias, conv.kernel_size, (start, start),
+                                            size)
         return self._crop_deconv(self.dec_conv[i](x), size)
 
     def forward(self, x: Tensor) -> Tensor:
