@@ -2,6 +2,7 @@
 
     python scripts/bench_eval.py [--lengths 30 180] [--threads 2] [--device cpu|cuda] [--repeat 3]
                                  [--museval-repeat 1] [--skip-museval] [--load N] [--plain]
+                                 [--panned identical|scaled]
 
 Signals: 4 stereo sources, 44.1 kHz, band-limited amplitude-modulated noise at RMS 0.1 quantised to 16 bit with TPDF
 dither (like MUSDB), vocals digitally silent from 2 to 5 s; float32 estimates = source + 0.1·(other sources) + noise at
@@ -45,8 +46,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SR = 44100
 
 
-def make_signals(seconds: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+PANNED = {"identical": (0.0, 0.0), "scaled": (-0.2, 0.3)}  # pans of (vocals, bass-ish) for --panned
+
+
+def make_signals(seconds: float, seed: int = 0, panned: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(refs (4, T, 2) float64 on the 16-bit grid, ests (4, T, 2) float32)``; ``panned``: sources 0 and 1 are mono
+    signals panned to stereo (constant power, :data:`PANNED`): ``"identical"`` centred, both channels bit-identical;
+    ``"scaled"`` scaled copies, each channel rounded to 16 bit on its own."""
     from scipy.signal import butter, lfilter, sosfilt
+
+    from mss.data.synth.instruments import pan_mono
 
     rng = np.random.default_rng(seed)
     n = int(seconds * SR)
@@ -56,8 +65,13 @@ def make_signals(seconds: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
         sos = butter(4, [lo, hi], btype="band", fs=SR, output="sos")
         x = sosfilt(sos, rng.standard_normal((n, 2)), axis=0) * (1 + 0.6 * np.sin(2 * np.pi * (0.3 + 0.7 * j) * t))[
             :, None]
+        if panned and j < 2:
+            x = pan_mono(x[:, 0], PANNED[panned][j])
         refs[j] = 0.1 * x / np.sqrt(np.mean(x**2))
-    refs = np.round(refs * 32768 + rng.uniform(-0.5, 0.5, refs.shape) + rng.uniform(-0.5, 0.5, refs.shape)) / 32768
+    dither = rng.uniform(-0.5, 0.5, refs.shape) + rng.uniform(-0.5, 0.5, refs.shape)
+    if panned == "identical":  # one rounding for both channels
+        dither[:2, :, 1] = dither[:2, :, 0]
+    refs = np.round(refs * 32768 + dither) / 32768
     refs[0, 2 * SR:5 * SR] = 0.0
     ests = refs + 0.1 * (refs.sum(0, keepdims=True) - refs) + 0.1 * 10 ** (-26 / 20) * rng.standard_normal(refs.shape)
     return refs, lfilter([0.9, 0.1], [1.0], ests, axis=1).astype(np.float32)
@@ -212,6 +226,8 @@ def main() -> None:
                         help="also time mss with MSS_DISABLE_FAST_PATHS=threads (no thread budget, spinning waits)")
     parser.add_argument("--statistics", action="store_true",
                         help="only time mss.report.statistics (summary + paired) on 50 tracks x 10 methods")
+    parser.add_argument("--panned", choices=sorted(PANNED), default=None,
+                        help="vocals and the bass-ish source are panned mono: bit-identical or scaled-copy channels")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.statistics:
@@ -224,10 +240,11 @@ def main() -> None:
     rows, agreement = [], []
     folders = {}
     for seconds in args.lengths:  # every signal first, every mss run next, museval last: a process started right
-        folder = root / f"{seconds:g}s"  # after another freed GBs (signal generation, museval) starts measurably slower
+        # after another freed GBs (signal generation, museval) starts measurably slower
+        folder = root / f"{seconds:g}s{'-' + args.panned if args.panned else ''}"
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "refs.npy").is_file():
-            refs, ests = make_signals(seconds)
+            refs, ests = make_signals(seconds, panned=args.panned)
             np.save(folder / "refs.npy", refs)
             np.save(folder / "ests.npy", ests)
             del refs, ests
@@ -257,7 +274,8 @@ def main() -> None:
             print(f"done {seconds:g} s: " + ", ".join(f"{k} {v['time']:.2f} s (runs: {v.get('times', '?')})"
                                                         for k, v in res.items()), flush=True)
 
-    print(f"\nBSS Eval v4, 4 stereo sources, 44.1 kHz, 16-bit references; {args.threads} threads; mss on "
+    print(f"\nBSS Eval v4, 4 stereo sources, 44.1 kHz, 16-bit references"
+          f"{f' (vocals, bass panned mono: {args.panned})' if args.panned else ''}; {args.threads} threads; mss on "
           f"{args.device}; {args.load} busy process(es); load average before {load_before}\n")
     head = ("| track | museval time | museval peak RSS (+Δ) | mss all-four time | mss peak RSS (+Δ) "
             "| mss SDR-only time | speed-up all-four | speed-up SDR-only | memory ratio (Δ) |")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from scipy.fft import next_fast_len
 
-from mss.metrics.bss_eval.scratch import Scratch, chunk_size
+from mss.metrics.bss_eval.scratch import Scratch, chunk_size, rfft_into
 
 __all__ = ["cross_correlations"]
 
@@ -34,8 +34,9 @@ def cross_correlations(signals: list[torch.Tensor], n_x: int, lags: int, chunk: 
     either side of it: they come from the cross-spectra of the samples after each boundary with those before it (and
     the reverse), with an FFT of ``≥ 3·(lags − 1)`` points. Each accumulation is one real batched matrix product per
     chunk of blocks (real and imaginary part stacked, re/im interleaved along the contraction; torch's complex batched
-    products fall back to one small product per frequency on CPU). Blocks are copied chunk by chunk into reused
-    buffers (from ``scratch``), so memory is bounded whatever the track length.
+    products fall back to one small product per frequency on CPU). The blocks of a chunk are transformed from views of
+    the signals into reused buffers (from ``scratch``, :func:`~mss.metrics.bss_eval.scratch.rfft_into`), so memory
+    is bounded whatever the track length.
 
     Args:
         signals: ``(..., T)`` tensors (any real dtype and strides; computed in float64).
@@ -51,19 +52,16 @@ def cross_correlations(signals: list[torch.Tensor], n_x: int, lags: int, chunk: 
     edge = next_fast_len(3 * ext, real=True) if ext and nblocks > 1 else 0  # FFT size of the boundary terms
     freqs, edge_freqs = nfft // 2 + 1, edge // 2 + 1
     dev = signals[0].device
-    step = chunk_size((3 * n_z + 2 * n_x) * nfft * 8, nblocks, chunk)
+    step = chunk_size((n_z + 2 * n_x) * nfft * 8, nblocks, chunk)
     scratch = scratch or Scratch(0, dev)
-    # buffers reused by every chunk: blocks, their spectra, spectra as (F, ·, rows, b) for the products, and the
-    # same for the samples around the boundaries
+    # buffers reused by every chunk: the blocks' spectra as (F, rows, b) for the products, and the same for the
+    # samples around the boundaries
     acc = scratch.take(freqs, 2 * n_x, n_z).zero_()  # real parts, then imaginary parts
-    blocks = scratch.take(n_z, step, nfft).zero_()  # the zero tails are never overwritten
-    spec = scratch.take(n_z, step, freqs, dtype=torch.complex128)
     tz = scratch.take(freqs, n_z, step, dtype=torch.complex128)
     tx = scratch.take(freqs, 2, n_x, step, dtype=torch.complex128)  # Z_x and −i·Z_x
     if edge:
         acc_e = scratch.take(edge_freqs, 2 * n_x, n_z).zero_()
         edges = scratch.take(n_z, 2, step, edge).zero_()  # samples before a boundary at [0, ext), after at [ext, 2ext)
-        spec_e = scratch.take(n_z, 2, step, edge_freqs, dtype=torch.complex128)
         tz_e = scratch.take(edge_freqs, n_z, 2, step, dtype=torch.complex128)
         tx_e = scratch.take(edge_freqs, 2, n_x, 2, step, dtype=torch.complex128)  # sides swapped: after, before
 
@@ -81,14 +79,18 @@ def cross_correlations(signals: list[torch.Tensor], n_x: int, lags: int, chunk: 
 
     for b0 in range(0, nblocks, step):  # the last chunk may run past the end: its zero blocks add nothing
         start = b0 * block
-        fill(blocks[..., :block], start, start + step * block, block)
-        tz.copy_(torch.fft.rfft(blocks, out=spec).permute(2, 0, 1))
+        row = 0
+        for t in signals:  # each block transformed from a view of the signal (the FFT zero-pads it)
+            rows = t[..., 0].numel()
+            rfft_into(_segment(t, start, start + step * block).unfold(-1, block, block),
+                      tz[:, row:row + rows].permute(1, 2, 0).unflatten(0, t.shape[:-1]), n=nfft)
+            row += rows
         tx[:, 0] = tz[:, :n_x]
         accumulate(acc, tz, tx)
         if edge:  # the boundaries at the starts of the chunk's blocks (none before the first: zeros)
             fill(edges[:, 0, :, :ext], start - ext, start + (step - 1) * block, ext)
             fill(edges[:, 1, :, ext:2 * ext], start, start + (step - 1) * block + ext, ext)
-            tz_e.copy_(torch.fft.rfft(edges, out=spec_e).permute(3, 0, 1, 2))
+            rfft_into(edges, tz_e.permute(1, 2, 3, 0))
             tx_e[:, 0, :, 0], tx_e[:, 0, :, 1] = tz_e[:, :n_x, 1], tz_e[:, :n_x, 0]
             accumulate(acc_e, tz_e, tx_e)
     # one X row at a time: small temporaries that the heap reuses; lag k is at circular index k mod nfft

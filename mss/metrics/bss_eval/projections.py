@@ -14,7 +14,7 @@ from scipy.fft import next_fast_len
 
 from mss.metrics.bss_eval.correlations import cross_correlations
 from mss.metrics.bss_eval.framing import frames, safe_db
-from mss.metrics.bss_eval.scratch import STREAM_BYTES, Scratch, chunk_size, lu_solve
+from mss.metrics.bss_eval.scratch import STREAM_BYTES, Scratch, chunk_size, lu_solve, rfft_into
 from mss.metrics.bss_eval.toeplitz import EPS, dense_solve, gram, power_iteration, probe, toeplitz_apply, toeplitz_solve
 
 __all__ = ["COPY_TOL", "copied_channels", "filters", "image_metrics"]
@@ -143,13 +143,9 @@ def image_metrics(refs, ests, c_all, c_own, ref_energy, nwin, wlen, hop, chunk, 
     nfft = next_fast_len(wlen + lags - 1, real=True)
     freqs = nfft // 2 + 1
     dev = refs.device
-    # Parseval: Σ_n x[n]² = Σ_f w_f |X_f|² for a real length-nfft signal; the frame spectra are scaled by √w_f once, so
-    # every projection and error spectrum below is scaled too and its energy is a plain sum of squares
-    weight = torch.full((freqs,), 2.0 / nfft, dtype=torch.float64, device=dev)
-    weight[0] = 1.0 / nfft
-    if nfft % 2 == 0:
-        weight[-1] = 1.0 / nfft
-    weight = weight.sqrt()
+    # Parseval: Σ_n x[n]² = (2·Σ_f |X_f|² − |X_0|² − |X_nyquist|²) / nfft for a real length-nfft signal (no Nyquist
+    # bin for odd nfft): the single bins are corrected after the plain sum of squares, so no spectrum is weighted
+    ends = [0, freqs - 1] if nfft % 2 == 0 else [0]
     # filter spectra: all-source (S·C_out, S·C_in, F), own-source (S, C_out, C_in, F)
     h_all = scratch.take(x, x, freqs, dtype=torch.complex128)
     for i, taps in enumerate(c_all.permute(3, 4, 0, 1, 2).reshape(x, x, lags)):
@@ -158,19 +154,20 @@ def image_metrics(refs, ests, c_all, c_own, ref_energy, nwin, wlen, hop, chunk, 
     for e, taps in enumerate(c_own.permute(0, 3, 1, 2)):
         torch.fft.rfft(taps, n=nfft, out=h_own[e])
     step = chunk_size(x * 2 * nfft * 8 * 6, nwin, chunk, budget=STREAM_BYTES)
-    frame_buf = scratch.take(2, n_src, n_ch, step, nfft).zero_()  # the zero tails are never overwritten
     spec = scratch.take(2, n_src, n_ch, step, freqs, dtype=torch.complex128)
     proj, own, diff = (scratch.take(n_src, n_ch, step, freqs, dtype=torch.complex128) for _ in range(3))
     out = torch.empty(3, n_src, nwin, dtype=torch.float64, device=dev)
 
     def energy(z):  # (S, C, n, F) complex -> (S, n)
-        return torch.linalg.vector_norm(torch.view_as_real(z), dim=(1, -2, -1)).square_()
+        total = torch.linalg.vector_norm(torch.view_as_real(z), dim=(1, -2, -1)).square_().mul_(2)
+        total -= torch.view_as_real(z[..., ends]).square().sum((1, -2, -1))
+        return total.div_(nfft)
 
     for t in range(0, nwin, step):
         n = min(step, nwin - t)
-        for k, signal in enumerate((refs, ests)):
-            frame_buf[k, :, :, :n, :wlen].copy_(frames(signal, t, t + n, wlen, hop))
-        sf, ef = torch.fft.rfft(frame_buf[:, :, :, :n], out=spec[:, :, :, :n]).mul_(weight)  # (S, C, n, F) each
+        for k, signal in enumerate((refs, ests)):  # from views of the frames (the FFT zero-pads them)
+            rfft_into(frames(signal, t, t + n, wlen, hop), spec[k, :, :, :n], n=nfft)
+        sf, ef = spec[:, :, :, :n]  # (S, C, n, F) each
         # P[e c] = Σ_{j c'} h_all[e c, j c'] · S[j c'];  P_j[e c] = Σ_c' h_own[e, c, c'] · S[e c']
         flat, p = sf.flatten(0, 1), proj[:, :, :n].flatten(0, 1)
         torch.mul(h_all[:, 0, None], flat[0], out=p)

@@ -15,6 +15,12 @@ None of them changes a number; they are what makes the passes fast on a small (v
   BLAS threads cost more in wake-ups than they save (and stall badly when other processes share the cores).
   How many threads the passes get in all (torch's pool and BLAS, from the cores free at the call) and the OpenMP
   wait policy are :mod:`mss.platform.threads`' (``bss_eval_v4`` runs under its ``thread_budget``).
+* **FFTs into their destination** (:func:`rfft_into`): on CPU the float64 real FFTs go through numpy's pocketfft,
+  whose ``out=`` takes any strided view: the spectra land directly in the layout of the products that follow, and a
+  frame is transformed straight from a view of the signal (the zero padding is the FFT's). torch's CPU FFT into a
+  contiguous buffer plus the transposing copy took 5-7x as long (the correlation pass's chunks on a 2-core VM).
+  numpy's FFT is single-threaded but releases the GIL: the batch is split over torch's thread budget's count of
+  Python threads.
 * **LAPACK directly**: on CPU the dense Cholesky factor is computed in the Gram matrix's own storage by ``potrf`` on
   its column-major view (:func:`cholesky_in_place`; torch's ``cholesky_ex(out=)`` allocates a second matrix), and
   LU solves go through numpy's ``gesv``, what museval calls (:func:`lu_solve`; torch 2.13's CPU batched LU fails after
@@ -24,6 +30,8 @@ None of them changes a number; they are what makes the passes fast on a small (v
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -37,6 +45,7 @@ __all__ = [
     "chunk_size",
     "host_array",
     "lu_solve",
+    "rfft_into",
     "single_threaded_blas",
 ]
 
@@ -111,3 +120,38 @@ def lu_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                                               zip(an.reshape(-1, *an.shape[-2:]), bn.reshape(-1, *bn.shape[-2:]))
                                               ]).reshape(bn.shape))
     return torch.linalg.solve(a, b)
+
+
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``threads`` threads (created on first use; per process id: a forked child has none of
+    its parent's threads, so a pool inherited from the parent would never run a task)."""
+    key = (os.getpid(), threads)
+    if key not in _pools:
+        _pools[key] = ThreadPoolExecutor(threads, thread_name_prefix="mss-fft")
+    return _pools[key]
+
+
+def _split(n: int, parts: int, task) -> None:
+    """``task(start, stop)`` over ``parts`` slices of ``range(n)`` on the pool (in this thread when one part)."""
+    parts = max(1, min(parts, n))
+    if parts == 1:
+        task(0, n)
+        return
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    list(_pool(parts).map(lambda i: task(bounds[i], bounds[i + 1]), range(parts)))
+
+
+def rfft_into(x: torch.Tensor, out: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """``out[...] = rfft(x, n)`` along the last axis (``x`` zero-padded or cut to ``n`` points), computed in the
+    precision of ``out``; ``x`` and ``out`` may be any strided views. Returns ``out``."""
+    if out.device.type == "cpu" and out.dtype == torch.complex128 and x.dtype in (torch.float64, torch.float32):
+        xs, outs = x.numpy(), out.numpy()
+        if xs.ndim == 1:
+            xs, outs = xs[None], outs[None]
+        # float32 input: cast exactly, float64 transform; numpy's FFT is single-threaded but releases the GIL
+        _split(len(xs), torch.get_num_threads(), lambda i, j: np.fft.rfft(xs[i:j], n=n, axis=-1, out=outs[i:j]))
+        return out
+    return out.copy_(torch.fft.rfft(x.to(torch.float64) if out.dtype == torch.complex128 else x, n=n))
