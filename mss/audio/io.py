@@ -163,7 +163,8 @@ def load_audio(
     return wav
 
 
-def _ffmpeg(tool: str) -> str:
+def ffmpeg_tool(tool: str) -> str:
+    """The path of ``ffmpeg`` / ``ffprobe``, or an :class:`AudioError` saying how to install it."""
     exe = shutil.which(tool)
     if exe is None:
         raise AudioError(f"{tool} is not installed: it is needed to read MP3/M4A/AAC and other compressed files "
@@ -171,22 +172,38 @@ def _ffmpeg(tool: str) -> str:
     return exe
 
 
-def decode_ffmpeg(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
-    """Decode the first audio stream of any file ffmpeg reads to ``((C, T) float32, sample rate)``, at the file's
-    own rate and channel count (float32 PCM through a pipe)."""
-    path = Path(path)
+def probe_ffmpeg(path: Path) -> tuple[int, int, int | None]:
+    """``(sample rate, channels, frames)`` of the first audio stream of ``path`` by ffprobe (frames: the stated
+    duration times the rate, rounded; ``None`` when the container states none)."""
     if not path.is_file():
         raise AudioError(f"{path}: audio file not found")
-    probe = subprocess.run([_ffmpeg("ffprobe"), "-v", "error", "-select_streams", "a:0", "-show_entries",
-                            "stream=sample_rate,channels", "-of", "json", str(path)], capture_output=True, text=True)
+    probe = subprocess.run([ffmpeg_tool("ffprobe"), "-v", "error", "-select_streams", "a:0", "-show_entries",
+                            "stream=sample_rate,channels,duration", "-of", "json", str(path)],
+                           capture_output=True, text=True)
     streams = json.loads(probe.stdout or "{}").get("streams") if probe.returncode == 0 else None
     if not streams:
         why = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "no audio stream"
         raise AudioError(f"{path}: cannot read audio with ffmpeg ({why})")
     rate, channels = int(streams[0]["sample_rate"]), int(streams[0]["channels"])
-    proc = subprocess.run([_ffmpeg("ffmpeg"), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-f",
-                           "f32le", "-acodec", "pcm_f32le", "-ac", str(channels), "-ar", str(rate), "-"],
-                          capture_output=True)
+    try:
+        frames = round(float(streams[0]["duration"]) * rate)
+    except (KeyError, TypeError, ValueError):
+        frames = None
+    return rate, channels, frames
+
+
+def ffmpeg_decoder(path: Path, rate: int, channels: int) -> list[str]:
+    """The ffmpeg command writing the first audio stream of ``path`` to stdout as interleaved float32 PCM."""
+    return [ffmpeg_tool("ffmpeg"), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "f32le",
+            "-acodec", "pcm_f32le", "-ac", str(channels), "-ar", str(rate), "-"]
+
+
+def decode_ffmpeg(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
+    """Decode the first audio stream of any file ffmpeg reads to ``((C, T) float32, sample rate)``, at the file's
+    own rate and channel count (float32 PCM through a pipe)."""
+    path = Path(path)
+    rate, channels, _ = probe_ffmpeg(path)
+    proc = subprocess.run(ffmpeg_decoder(path, rate, channels), capture_output=True)
     if proc.returncode != 0:
         why = proc.stderr.decode(errors="replace").strip().splitlines()
         raise AudioError(f"{path}: ffmpeg cannot decode the audio ({why[-1] if why else proc.returncode})")

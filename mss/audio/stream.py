@@ -7,7 +7,6 @@ Waveform blocks are float32 tensors ``(C, n)`` (channels, samples), consecutive 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -23,9 +22,10 @@ from mss.audio.io import (
     FLOAT_SUBTYPES,
     SOUNDFILE_SUFFIXES,
     AudioError,
-    _ffmpeg,
     check_finite,
+    ffmpeg_decoder,
     prevent_clip,
+    probe_ffmpeg,
     resample,
     write_blocks,
 )
@@ -58,7 +58,7 @@ class AudioStream:
             self.rate, self.channels = int(self._file.samplerate), int(self._file.channels)
             self.frames: int | None = int(self._file.frames)
         else:
-            self.rate, self.channels, self.frames = _probe(self.path)
+            self.rate, self.channels, self.frames = probe_ffmpeg(self.path)
         self.block = max(1, round(seconds * self.rate))
 
     def __enter__(self) -> AudioStream:
@@ -99,10 +99,8 @@ class AudioStream:
 
     def _ffmpeg(self) -> Iterator[torch.Tensor]:
         with tempfile.TemporaryFile() as errors:
-            self._proc = subprocess.Popen(
-                [_ffmpeg("ffmpeg"), "-nostdin", "-v", "error", "-i", str(self.path), "-map", "0:a:0", "-f", "f32le",
-                 "-acodec", "pcm_f32le", "-ac", str(self.channels), "-ar", str(self.rate), "-"],
-                stdout=subprocess.PIPE, stderr=errors)
+            self._proc = subprocess.Popen(ffmpeg_decoder(self.path, self.rate, self.channels), stdout=subprocess.PIPE,
+                                          stderr=errors)
             width, start = 4 * self.channels, 0
             while True:
                 raw = self._proc.stdout.read(self.block * width)
@@ -122,23 +120,6 @@ class AudioStream:
                                  f"({why[-1] if why else self._proc.returncode})")
         if start == 0:
             raise AudioError(f"{self.path}: audio file holds no samples")
-
-
-def _probe(path: Path) -> tuple[int, int, int | None]:
-    """``(sample rate, channels, frames or None)`` of the first audio stream, by ffprobe."""
-    probe = subprocess.run([_ffmpeg("ffprobe"), "-v", "error", "-select_streams", "a:0", "-show_entries",
-                            "stream=sample_rate,channels,duration", "-of", "json", str(path)],
-                           capture_output=True, text=True)
-    streams = json.loads(probe.stdout or "{}").get("streams") if probe.returncode == 0 else None
-    if not streams:
-        why = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "no audio stream"
-        raise AudioError(f"{path}: cannot read audio with ffmpeg ({why})")
-    rate, channels = int(streams[0]["sample_rate"]), int(streams[0]["channels"])
-    try:
-        frames = round(float(streams[0]["duration"]) * rate)
-    except (KeyError, TypeError, ValueError):
-        frames = None
-    return rate, channels, frames
 
 
 def open_audio(path: str | os.PathLike, seconds: float = 10.0) -> AudioStream:

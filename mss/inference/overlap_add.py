@@ -26,7 +26,7 @@ from mss.inference.tta import TTA_TRANSFORMS, check_tta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["apply_model", "check_chunking", "chunk_window"]
+__all__ = ["apply_model", "check_chunking", "chunk_count", "chunk_window", "draw_shifts", "model_device"]
 
 DEFAULT_MAX_SHIFT = 22050  # half a second at 44.1 kHz
 
@@ -55,7 +55,7 @@ def chunk_window(segment: int, kind: str = "triangle", power: float = 1.0) -> to
     return (w / w.max()) ** power
 
 
-def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return fallback
@@ -72,7 +72,18 @@ def check_chunking(segment: int, overlap: float, batch_size: int) -> tuple[int, 
     return segment, max(1, int(segment * (1.0 - overlap)))
 
 
-def _n_chunks(length: int, segment: int, stride: int) -> int:
+def draw_shifts(model: nn.Module, shifts: int, max_shift: int | None) -> tuple[int, list[int]]:
+    """``(max_shift, offsets)`` of the shift trick: ``shifts`` offsets in ``[0, max_shift)`` from torch's global RNG
+    (``max_shift`` defaults to half the model's sample rate, else :data:`DEFAULT_MAX_SHIFT`)."""
+    if max_shift is None:
+        sample_rate = getattr(model, "sample_rate", None)
+        max_shift = int(sample_rate) // 2 if sample_rate else DEFAULT_MAX_SHIFT
+    if max_shift < 1:
+        raise ValueError(f"max_shift must be >= 1, got {max_shift}")
+    return max_shift, [int(o) for o in torch.randint(0, max_shift, (shifts,))]
+
+
+def chunk_count(length: int, segment: int, stride: int) -> int:
     """Number of chunks starting at ``0, stride, 2·stride, …`` needed to cover ``length`` samples."""
     return 1 if length <= segment else math.ceil((length - segment) / stride) + 1
 
@@ -94,7 +105,7 @@ def _overlap_add(
     zero chunks to ``batch_size`` (one input shape: a compiled network is not recompiled)."""
     forward = model if forward is None else forward
     batch, _, length = mix.shape
-    n_chunks = _n_chunks(length, segment, stride)
+    n_chunks = chunk_count(length, segment, stride)
     starts = [k * stride for k in range(n_chunks)]
     window = window.to(mix.device)
     weight_sum = torch.zeros(length, device=mix.device)
@@ -209,17 +220,12 @@ def apply_model(
     if not mix3.is_floating_point():
         mix3 = mix3.float()
     batch, _, length = mix3.shape
-    device = torch.device(device) if device is not None else _model_device(model, mix3.device)
+    device = torch.device(device) if device is not None else model_device(model, mix3.device)
     window = chunk_window(segment, weight, transition_power)
     forward = fast_forward(model, device, compile=compile, precision=precision)
 
     if shifts > 0:
-        if max_shift is None:
-            sample_rate = getattr(model, "sample_rate", None)
-            max_shift = int(sample_rate) // 2 if sample_rate else DEFAULT_MAX_SHIFT
-        if max_shift < 1:
-            raise ValueError(f"max_shift must be >= 1, got {max_shift}")
-        offsets = [int(o) for o in torch.randint(0, max_shift, (shifts,))]
+        max_shift, offsets = draw_shifts(model, shifts, max_shift)
         # shifted input: the mix preceded by (max_shift - offset) zeros, so the chunk grid moves over the content
         lengths = [length + max_shift - o for o in offsets]
     else:
@@ -230,7 +236,7 @@ def apply_model(
         from tqdm.auto import tqdm
 
         bar = tqdm(
-            total=sum(batch * _n_chunks(n, segment, stride) for n in lengths), unit="chunk", desc="separating"
+            total=sum(batch * chunk_count(n, segment, stride) for n in lengths), unit="chunk", desc="separating"
         )
     try:
         if shifts == 0:

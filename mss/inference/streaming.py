@@ -26,14 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mss.inference.bag import BagOfModels
-from mss.inference.overlap_add import (
-    DEFAULT_MAX_SHIFT,
-    _model_device,
-    _n_chunks,
-    apply_model,
-    check_chunking,
-    chunk_window,
-)
+from mss.inference.overlap_add import apply_model, check_chunking, chunk_count, chunk_window, draw_shifts, model_device
 from mss.inference.speed import fast_forward
 from mss.inference.tta import TTA_TRANSFORMS, check_tta
 
@@ -79,7 +72,7 @@ class OverlapAddStream:
     def finish(self) -> Tensor:
         if self._buf is None:
             raise ValueError("separation stream: no samples were pushed")
-        n = _n_chunks(self._total, self.segment, self.stride)
+        n = chunk_count(self._total, self.segment, self.stride)
         self._ready += list(range(self._next, n * self.stride, self.stride))
         self._next = n * self.stride
         for i in range(0, len(self._ready), self.batch_size):
@@ -227,7 +220,7 @@ def _build(model: nn.Module, channels: int, transforms: list[str], options: dict
             raise ValueError("segment is required: the model has no `segment_length` attribute")
     segment, stride = check_chunking(int(segment), options["overlap"], options["batch_size"])
     device = options["device"]
-    device = torch.device(device) if device is not None else _model_device(model, torch.device("cpu"))
+    device = torch.device(device) if device is not None else model_device(model, torch.device("cpu"))
     forward = fast_forward(model, device, compile=options["compile"], precision=options["precision"])
     window = chunk_window(segment, options["weight"], options["transition_power"])
     sources = len(model.sources)
@@ -236,11 +229,5 @@ def _build(model: nn.Module, channels: int, transforms: list[str], options: dict
     shifts = options["shifts"]
     if shifts <= 0:
         return make()
-    max_shift = options["max_shift"]
-    if max_shift is None:
-        sample_rate = getattr(model, "sample_rate", None)
-        max_shift = int(sample_rate) // 2 if sample_rate else DEFAULT_MAX_SHIFT
-    if max_shift < 1:
-        raise ValueError(f"max_shift must be >= 1, got {max_shift}")
-    offsets = [int(o) for o in torch.randint(0, max_shift, (shifts,))]
+    max_shift, offsets = draw_shifts(model, shifts, options["max_shift"])
     return _Combine([make(max_shift - o) for o in offsets], _mean)
