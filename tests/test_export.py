@@ -201,6 +201,8 @@ def test_refusals_are_clear(tmp_path):
         export_onnx(_ComplexGain(), tmp_path / "gain.onnx")
     with pytest.raises(ExportError, match="OpenUnmix: .*the Wiener filter .* export with wiener_iterations=0"):
         export_onnx(tiny_spectral("umx", "model.wiener_iterations=1"), tmp_path / "umx.onnx")
+    with pytest.raises(ValueError, match="dft='dct': expected one of fft, conv"):
+        export_onnx(_ComplexGain(), tmp_path / "gain.onnx", dft="dct")
     assert not (tmp_path / "gain.onnx").exists() and not (tmp_path / "umx.onnx").exists()
     net, config = tiny("conv_tasnet")
     ckpt = save_checkpoint(tmp_path / "tasnet.ckpt", net, config)

@@ -122,6 +122,8 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, *, opset: int | None = 
     ``max_abs_diff`` against PyTorch on random mixtures (batches of 1 and 2). ``dft``: how the STFT / iSTFT are
     exported (:func:`mss.audio.spectral.real_valued`: ``"fft"``, ONNX ``DFT`` ops, or ``"conv"``, DFT-kernel
     convolutions)."""
+    if dft not in spectral.DFTS:
+        raise ValueError(f"dft={dft!r}: expected one of {', '.join(spectral.DFTS)}")
     onnx = _need("onnx")
     ort = _need("onnxruntime")
     _need("onnxscript")
