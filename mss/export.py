@@ -1,12 +1,13 @@
 """Export a checkpoint to ONNX: ``python -m mss.export ckpt=PATH|NAME format=onnx out=model.onnx [opset=N]
-[atol=1e-4] [wiener_iterations=0]``.
+[atol=1e-4] [wiener_iterations=0] [dft=fft|conv]``.
 
 The network is exported with a dynamic batch and its own segment length (:mod:`mss.inference.export`), the separator
 attributes stored in the ONNX metadata, and checked against PyTorch with onnxruntime before the file is written.
 ``python -m mss.separate ckpt=model.onnx input=...`` then separates with onnxruntime. The STFT families export with a
-real-valued STFT; what still does not export (the complex Wiener filters: ``wiener_iterations=0`` turns them off
-for U-Net, Open-Unmix, MMDenseNet and D3Net checkpoints; see docs/workflow.md) is refused with the family and the
-reason.
+real-valued STFT (``dft=fft``, the default: ONNX ``DFT`` ops, FFTs in onnxruntime; ``dft=conv``: convolutions with
+DFT kernels, no complex op; :func:`mss.audio.spectral.real_valued`); what still does not export (the complex Wiener
+filters: ``wiener_iterations=0`` turns them off for U-Net, Open-Unmix, MMDenseNet and D3Net checkpoints; see
+docs/workflow.md) is refused with the family and the reason.
 Needs ``pip install 'mss[onnx]'``.
 """
 
@@ -39,6 +40,7 @@ class ExportConfig:
     # the network's Wiener EM iterations for the export (0: mixture phase; the Wiener filters are complex and do not
     # export): U-Net, Open-Unmix, MMDenseNet, D3Net
     wiener_iterations: int | None = None
+    dft: str = "fft"  # how the STFT / iSTFT are exported: fft (ONNX DFT) or conv (DFT-kernel convolutions)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if int(opts["wiener_iterations"]) < 0:
                 raise ValueError(f"wiener_iterations must be >= 0, got {opts['wiener_iterations']}")
             net.wiener_iterations = int(opts["wiener_iterations"])
-        meta = export_onnx(net, opts["out"], opset=opts["opset"], atol=float(opts["atol"]))
+        meta = export_onnx(net, opts["out"], opset=opts["opset"], atol=float(opts["atol"]), dft=opts["dft"])
         return (f"wrote {opts['out']}: {meta['family']}, sources {meta['sources']}, {meta['audio_channels']} "
                 f"channels, {meta['sample_rate']} Hz, chunks of {meta['segment_length']} samples; onnxruntime vs "
                 f"PyTorch max abs diff {meta['max_abs_diff']:.2g}")

@@ -151,10 +151,12 @@ def test_export_cli_turns_the_wiener_filter_off(tmp_path, single_thread):
     torch.testing.assert_close(OnnxSeparator(tmp_path / "unet.onnx")(mix), want, atol=1e-4, rtol=0)
 
 
-def test_real_valued_stft_exports_and_matches_torch_stft(tmp_path):
-    """The real-valued STFT / iSTFT (mss.audio.spectral.real_valued) exported by the dynamo exporter: onnxruntime
-    gives torch.stft's spectrogram and torch.istft's waveform (the module run without the mode) within float32
-    rounding."""
+@pytest.mark.parametrize("dft", ["fft", "conv"])
+def test_real_valued_stft_exports_and_matches_torch_stft(dft, tmp_path):
+    """The real-valued STFT / iSTFT (mss.audio.spectral.real_valued, both ways: rfft / irfft exported as ONNX DFT,
+    and DFT-kernel convolutions) exported by the dynamo exporter: onnxruntime gives torch.stft's spectrogram and
+    torch.istft's waveform (the module run without the mode) within float32 rounding."""
+    import onnx
     import onnxruntime as ort
 
     from mss.audio.spectral import istft_pairs, pair_abs, pair_mul, real_valued, stft_pairs
@@ -167,9 +169,12 @@ def test_real_valued_stft_exports_and_matches_torch_stft(tmp_path):
             return pair_abs(z), y
 
     x = 0.25 * torch.randn(2, 2, 3001)
-    with torch.no_grad(), real_valued():
+    with torch.no_grad(), real_valued(dft):
         torch.onnx.export(Spectral().eval(), (x,), tmp_path / "spectral.onnx", dynamo=True, input_names=["x"],
                           external_data=False, verbose=False, optimize=False)
+    ops = {node.op_type for node in onnx.load(tmp_path / "spectral.onnx").graph.node}
+    # "fft": the transforms are ONNX DFT ops (onnxruntime: an FFT), not O(n_fft^2) DFT-kernel convolutions
+    assert ("DFT" in ops, "ConvTranspose" in ops) == ((True, False) if dft == "fft" else (False, True)), ops
     with torch.no_grad():
         want = Spectral()(x)  # torch.stft / torch.istft
     got = ort.InferenceSession(str(tmp_path / "spectral.onnx"), providers=["CPUExecutionProvider"]).run(
@@ -196,6 +201,8 @@ def test_refusals_are_clear(tmp_path):
         export_onnx(_ComplexGain(), tmp_path / "gain.onnx")
     with pytest.raises(ExportError, match="OpenUnmix: .*the Wiener filter .* export with wiener_iterations=0"):
         export_onnx(tiny_spectral("umx", "model.wiener_iterations=1"), tmp_path / "umx.onnx")
+    with pytest.raises(ValueError, match="dft='dct': expected one of fft, conv"):
+        export_onnx(_ComplexGain(), tmp_path / "gain.onnx", dft="dct")
     assert not (tmp_path / "gain.onnx").exists() and not (tmp_path / "umx.onnx").exists()
     net, config = tiny("conv_tasnet")
     ckpt = save_checkpoint(tmp_path / "tasnet.ckpt", net, config)

@@ -71,8 +71,9 @@ CASES = [  # n_fft, hop, window, center, pad_mode, normalized, length
 ]
 
 
+@pytest.mark.parametrize("dft", ["fft", "conv"])
 @pytest.mark.parametrize(("n_fft", "hop", "window", "center", "pad_mode", "normalized", "length"), CASES)
-def test_real_valued_stft_matches_torch(n_fft, hop, window, center, pad_mode, normalized, length) -> None:
+def test_real_valued_stft_matches_torch(n_fft, hop, window, center, pad_mode, normalized, length, dft) -> None:
     from mss.audio.spectral import istft_pairs, real_valued, real_valued_active, stft_pairs
 
     torch.manual_seed(0)
@@ -84,7 +85,7 @@ def test_real_valued_stft_matches_torch(n_fft, hop, window, center, pad_mode, no
     inv = torch.istft(torch.view_as_complex(z), n_fft, hop, window=win, center=center, normalized=normalized,
                       length=length)
     assert not real_valued_active()
-    with real_valued():
+    with real_valued(dft):
         assert real_valued_active()
         got = stft_pairs(x, n_fft, hop, center, pad_mode, normalized, window)
         got_inv = istft_pairs(z.reshape(2, 3, *z.shape[1:]), n_fft, hop, length, center, normalized, window)

@@ -10,13 +10,23 @@ Thin wrappers around :func:`torch.stft` / :func:`torch.istft` that
   real arithmetic call them).
 
 Inside :func:`real_valued` (a context manager; :func:`mss.inference.export.export_onnx` exports in it) the transforms
-are computed by real-valued ops that the ONNX exporter converts: framing and DFT in one strided ``conv1d`` whose
-kernels are the window times the cosine / minus sine basis, the inverse by ``conv_transpose1d`` with the inverse
-basis (overlap-add) divided by the overlap-added squared window, with :func:`torch.stft`'s padding (``center``,
+take and give real pairs through ops that the ONNX exporter converts, with :func:`torch.stft`'s padding (``center``,
 ``constant`` / ``reflect``) and scaling (``normalized``); they match :func:`torch.stft` / :func:`torch.istft` within
-float32 rounding. The models check :func:`real_valued_active` to take their real-pair path (:func:`pair_abs`,
-:func:`pair_mul`); :func:`stft` / :func:`istft` keep working there (through ``torch.view_as_complex``), but
-their complex results do not export.
+float32 rounding. Two ways (``real_valued(dft=...)``):
+
+* ``"fft"`` (default): framing (``unfold``) times the window, :func:`torch.fft.rfft` viewed as real pairs at once
+  (exported as the ONNX ``DFT`` op, which onnxruntime computes by an FFT); the inverse by :func:`torch.fft.irfft`
+  of the frames times the window, overlap-added by ``n_fft / hop_length`` shifted sums and divided by the
+  overlap-added squared window. The complex intermediates never leave these helpers (:data:`COMPLEX_INSIDE`). A hop
+  that does not divide ``n_fft`` takes the ``"conv"`` inverse.
+* ``"conv"``: framing and DFT in one strided ``conv1d`` whose kernels are the window times the cosine / minus sine
+  basis, the inverse by ``conv_transpose1d`` with the inverse basis (overlap-add) divided by the overlap-added
+  squared window: no complex op at all, but ``O(n_fft^2)`` per frame (HT Demucs' 4096-point STFT + iSTFT: about
+  113 GFLOP per 7.8 s stereo chunk).
+
+The models check :func:`real_valued_active` to take their real-pair path (:func:`pair_abs`, :func:`pair_mul`);
+:func:`stft` / :func:`istft` keep working there (through ``torch.view_as_complex``), but their complex results do
+not export.
 
 Shape legend: ``T`` samples, ``F = n_fft // 2 + 1`` frequency bins, ``N`` frames, ``2`` (real, imaginary).
 With ``center=True`` a signal of ``T`` samples has ``N = 1 + T // hop_length`` frames.
@@ -33,8 +43,8 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor
 
-__all__ = ["WINDOWS", "hann_window", "irfft_ortho_real", "istft", "istft_pairs", "magnitude", "pair_abs", "pair_mul",
-           "real_valued", "real_valued_active", "rfft_ortho_real", "stft", "stft_pairs"]
+__all__ = ["COMPLEX_INSIDE", "DFTS", "WINDOWS", "hann_window", "irfft_ortho_real", "istft", "istft_pairs", "magnitude",
+           "pair_abs", "pair_mul", "real_valued", "real_valued_active", "rfft_ortho_real", "stft", "stft_pairs"]
 
 WINDOWS = ("hann", "rectangular")
 
@@ -63,14 +73,23 @@ def _window(kind: str, n_fft: int, device: torch.device, dtype: torch.dtype) -> 
     raise ValueError(f"window must be one of {WINDOWS}, got {kind!r}")
 
 
-_REAL_VALUED = contextvars.ContextVar("mss_spectral_real_valued", default=False)
+DFTS = ("fft", "conv")
+# the helpers whose complex intermediates (rfft / irfft) never leave them (export_onnx's complex-op check skips them)
+COMPLEX_INSIDE = frozenset({"_stft_fft", "_istft_fft"})
+
+_REAL_VALUED: contextvars.ContextVar[str | None] = contextvars.ContextVar("mss_spectral_real_valued", default=None)
 _BASES: dict[tuple[int, str, bool], tuple[np.ndarray, np.ndarray]] = {}  # (n, window or 'ortho', inverse)
+_ENVELOPES: dict[tuple[int, int, int, str], np.ndarray] = {}  # (n_fft, hop, frames, window)
 
 
 @contextlib.contextmanager
-def real_valued() -> Iterator[None]:
-    """Compute the STFT / iSTFT by real-valued ops (exportable to ONNX) inside the ``with`` block."""
-    token = _REAL_VALUED.set(True)
+def real_valued(dft: str = "fft") -> Iterator[None]:
+    """Compute the STFT / iSTFT on real pairs by ops the ONNX exporter converts inside the ``with`` block; ``dft``:
+    ``"fft"`` (:func:`torch.fft.rfft` / ``irfft``, exported as ONNX ``DFT``) or ``"conv"`` (DFT-kernel
+    convolutions, no complex op)."""
+    if dft not in DFTS:
+        raise ValueError(f"dft must be one of {DFTS}, got {dft!r}")
+    token = _REAL_VALUED.set(dft)
     try:
         yield
     finally:
@@ -79,7 +98,7 @@ def real_valued() -> Iterator[None]:
 
 def real_valued_active() -> bool:
     """Whether :func:`real_valued` is in effect (the models then compute on real pairs, not complex tensors)."""
-    return _REAL_VALUED.get()
+    return _REAL_VALUED.get() is not None
 
 
 def _np_window(kind: str, n_fft: int) -> np.ndarray:
@@ -151,6 +170,73 @@ def _istft_real(z: Tensor, n_fft: int, hop_length: int, length: int, center: boo
     return wav.reshape(*lead, length)
 
 
+def _constant(array: np.ndarray, like: Tensor) -> Tensor:
+    # from numpy each call: a tensor made while the exporter traces is a fake one, so none is cached
+    return torch.as_tensor(array, dtype=like.dtype, device=like.device)
+
+
+def _stft_fft(x: Tensor, n_fft: int, hop_length: int, center: bool, pad_mode: str, normalized: bool,
+              window: str) -> Tensor:
+    """:func:`stft_pairs` by ``unfold`` and :func:`torch.fft.rfft`: ``(..., T)`` -> ``(..., F, N, 2)``."""
+    if pad_mode not in ("constant", "reflect"):
+        raise ValueError(f"pad_mode must be 'constant' or 'reflect', got {pad_mode!r}")
+    lead, length = x.shape[:-1], x.shape[-1]
+    sig = x.reshape(-1, 1, length)
+    if center:
+        sig = F_.pad(sig, (n_fft // 2, n_fft // 2), mode=pad_mode)
+    frames = sig[:, 0].unfold(-1, n_fft, hop_length) * _constant(_np_window(window, n_fft), x)  # M N n_fft
+    spec = torch.view_as_real(torch.fft.rfft(frames, dim=-1, norm="ortho" if normalized else "backward"))
+    out = spec.transpose(1, 2)  # M F N 2
+    return out.reshape(*lead, *out.shape[1:])
+
+
+def _envelope(n_fft: int, hop_length: int, frames: int, window: str) -> np.ndarray:
+    """Overlap-added squared window of ``frames`` frames ``((frames - 1) * hop + n_fft,)``, cached."""
+    key = (n_fft, hop_length, frames, window)
+    if key not in _ENVELOPES:
+        win2 = _np_window(window, n_fft) ** 2
+        env = np.zeros((frames - 1) * hop_length + n_fft)
+        for i in range(frames):
+            env[i * hop_length : i * hop_length + n_fft] += win2
+        _ENVELOPES[key] = env
+    return _ENVELOPES[key]
+
+
+def _istft_fft(z: Tensor, n_fft: int, hop_length: int, length: int, center: bool, normalized: bool,
+               window: str) -> Tensor:
+    """:func:`istft_pairs` by :func:`torch.fft.irfft` and a shifted-sum overlap-add: ``(..., F, N, 2)`` ->
+    ``(..., T)`` (``hop_length`` must divide ``n_fft``)."""
+    lead, (bins, frames) = z.shape[:-3], z.shape[-3:-1]
+    if bins != n_fft // 2 + 1:
+        raise ValueError(f"istft: expected {n_fft // 2 + 1} bins for n_fft={n_fft}, got {bins}")
+    spec = torch.view_as_complex(z.reshape(-1, bins, frames, 2).transpose(1, 2).contiguous())  # M N F
+    wav = torch.fft.irfft(spec, n=n_fft, dim=-1, norm="ortho" if normalized else "backward")  # M N n_fft
+    wav = wav * _constant(_np_window(window, n_fft), z)
+    parts = n_fft // hop_length  # frame i, part k lands at (i + k) * hop
+    wav = wav.reshape(-1, frames, parts, hop_length)
+    total = (frames + parts - 1) * hop_length
+    wav = sum(F_.pad(wav[:, :, k].reshape(-1, frames * hop_length), (k * hop_length, (parts - 1 - k) * hop_length))
+              for k in range(parts))
+    envelope = _envelope(n_fft, hop_length, frames, window)
+    start = n_fft // 2 if center else 0
+    stop = min(start + length, total)
+    wav = wav[:, start:stop] / _constant(envelope[start:stop], z)
+    wav = F_.pad(wav, (0, length - wav.shape[-1]))
+    return wav.reshape(*lead, length)
+
+
+def _stft_mode(x: Tensor, n_fft: int, hop_length: int, center: bool, pad_mode: str, normalized: bool,
+               window: str) -> Tensor:
+    fn = _stft_fft if _REAL_VALUED.get() == "fft" else _stft_real
+    return fn(x, n_fft, hop_length, center, pad_mode, normalized, window)
+
+
+def _istft_mode(z: Tensor, n_fft: int, hop_length: int, length: int, center: bool, normalized: bool,
+                window: str) -> Tensor:
+    fn = _istft_fft if _REAL_VALUED.get() == "fft" and n_fft % hop_length == 0 else _istft_real
+    return fn(z, n_fft, hop_length, length, center, normalized, window)
+
+
 def stft_pairs(x: Tensor, n_fft: int, hop_length: int, center: bool = True, pad_mode: str = "constant",
                normalized: bool = False, window: str = "hann") -> Tensor:
     """:func:`stft` as real pairs ``(..., F, N, 2)`` (``torch.view_as_real`` of it; by real-valued ops inside
@@ -158,7 +244,7 @@ def stft_pairs(x: Tensor, n_fft: int, hop_length: int, center: bool = True, pad_
     if x.is_complex():
         raise ValueError("stft expects a real waveform (..., T), got a complex tensor")
     if real_valued_active():
-        return _stft_real(x, n_fft, hop_length, center, pad_mode, normalized, window)
+        return _stft_mode(x, n_fft, hop_length, center, pad_mode, normalized, window)
     return torch.view_as_real(stft(x, n_fft, hop_length, center, pad_mode, normalized, window))
 
 
@@ -169,7 +255,7 @@ def istft_pairs(z: Tensor, n_fft: int, hop_length: int, length: int, center: boo
     if z.is_complex() or z.shape[-1:] != (2,):
         raise ValueError(f"istft_pairs expects real pairs (..., F, N, 2), got {z.dtype} {tuple(z.shape)}")
     if real_valued_active():
-        return _istft_real(z, n_fft, hop_length, length, center, normalized, window)
+        return _istft_mode(z, n_fft, hop_length, length, center, normalized, window)
     return istft(torch.view_as_complex(z.contiguous()), n_fft, hop_length, length, center, normalized, window)
 
 
@@ -241,7 +327,7 @@ def stft(x: Tensor, n_fft: int, hop_length: int, center: bool = True, pad_mode: 
     if x.is_complex():
         raise ValueError("stft expects a real waveform (..., T), got a complex tensor")
     if real_valued_active():
-        return torch.view_as_complex(_stft_real(x, n_fft, hop_length, center, pad_mode, normalized,
+        return torch.view_as_complex(_stft_mode(x, n_fft, hop_length, center, pad_mode, normalized,
                                                 window).contiguous())
     lead, length = x.shape[:-1], x.shape[-1]
     spec = torch.stft(x.reshape(-1, length), n_fft=n_fft, hop_length=hop_length,
@@ -268,7 +354,7 @@ def istft(spec: Tensor, n_fft: int, hop_length: int, length: int, center: bool =
     if not spec.is_complex():
         raise ValueError("istft expects a complex spectrogram (..., F, N)")
     if real_valued_active():
-        return _istft_real(torch.view_as_real(spec), n_fft, hop_length, length, center, normalized, window)
+        return _istft_mode(torch.view_as_real(spec), n_fft, hop_length, length, center, normalized, window)
     lead = spec.shape[:-2]
     wav = torch.istft(spec.reshape(-1, *spec.shape[-2:]), n_fft=n_fft, hop_length=hop_length,
                       window=_window(window, n_fft, spec.device, spec.real.dtype), center=center,

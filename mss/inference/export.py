@@ -8,7 +8,8 @@ size); the exporter's graph optimisation is off (onnxscript 0.7's drops ``x + 1e
 constants: NaN ratio masks in the Spleeter U-Net). The file is checked against PyTorch with onnxruntime on random
 mixtures of standard deviation :data:`MIX_STD` (largest absolute difference at most ``atol``, default 1e-4; a NaN
 fails) before it is moved into place (atomic write). The export runs inside
-:func:`mss.audio.spectral.real_valued`: the STFT / iSTFT become real-valued convolutions with DFT kernels and the
+:func:`mss.audio.spectral.real_valued`: the STFT / iSTFT take real pairs and are exported as ONNX ``DFT`` ops
+(``dft="fft"``, the default: onnxruntime computes FFTs) or as convolutions with DFT kernels (``dft="conv"``), and the
 spectrogram families (U-Net, Open-Unmix, MMDenseNet, D3Net, hybrid / HT Demucs, BS- / Mel-RoFormer, MDX23C, MDX-Net
 v2, SCNet, BSRNN, BandIt) take their real-pair code paths (the exporter converts almost no complex op: not ``mul``,
 ``unsqueeze``, ``view_as_complex``). A network whose ops do not export is refused with :class:`ExportError` naming
@@ -85,15 +86,18 @@ class _FindComplex(torch.overrides.TorchFunctionMode):
         out = func(*args, **(kwargs or {}))
         if self.first is None and any(isinstance(t, torch.Tensor) and t.is_complex()
                                       for t in (out if isinstance(out, (tuple, list)) else (out,))):
+            caller = traceback.extract_stack(limit=2)[0]  # the frame that called func
+            if Path(caller.filename).name == "spectral.py" and caller.name in spectral.COMPLEX_INSIDE:
+                return out  # the FFT STFT's own intermediates (exported as ONNX DFT)
             frames = reversed(traceback.extract_stack())
             caller = next((f"{Path(f.filename).name}:{f.lineno}" for f in frames if not _internal(f.filename)), "?")
             self.first = f"{getattr(func, '__name__', repr(func))} at {caller}"
         return out
 
 
-def _first_complex_op(net: nn.Module, example: torch.Tensor) -> str | None:
+def _first_complex_op(net: nn.Module, example: torch.Tensor, dft: str = "fft") -> str | None:
     """The first complex-valued op of one eager forward in the real-valued spectral mode (None: there is none)."""
-    with torch.no_grad(), spectral.real_valued(), _FindComplex() as mode:
+    with torch.no_grad(), spectral.real_valued(dft), _FindComplex() as mode:
         net(example)
     return mode.first
 
@@ -113,9 +117,13 @@ def _run(session, mix: np.ndarray) -> np.ndarray:
 
 
 def export_onnx(net: nn.Module, path: str | os.PathLike, *, opset: int | None = None, atol: float = 1e-4,
-                seed: int = 0) -> dict:
+                seed: int = 0, dft: str = "fft") -> dict:
     """Export ``net`` (a separator in eval mode) to ONNX at ``path``; returns the metadata and the measured
-    ``max_abs_diff`` against PyTorch on random mixtures (batches of 1 and 2)."""
+    ``max_abs_diff`` against PyTorch on random mixtures (batches of 1 and 2). ``dft``: how the STFT / iSTFT are
+    exported (:func:`mss.audio.spectral.real_valued`: ``"fft"``, ONNX ``DFT`` ops, or ``"conv"``, DFT-kernel
+    convolutions)."""
+    if dft not in spectral.DFTS:
+        raise ValueError(f"dft={dft!r}: expected one of {', '.join(spectral.DFTS)}")
     onnx = _need("onnx")
     ort = _need("onnxruntime")
     _need("onnxscript")
@@ -132,7 +140,7 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, *, opset: int | None = 
     gen = torch.Generator().manual_seed(seed)
     example = MIX_STD * torch.randn(2, *shape, generator=gen)
     try:
-        first = _first_complex_op(net, example)
+        first = _first_complex_op(net, example, dft)
     except ValueError as err:  # a configuration without a real-valued path (e.g. a Wiener filter)
         raise ExportError(f"{meta['family']}: cannot be exported to ONNX ({err})") from err
     if first is not None:
@@ -142,7 +150,7 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, *, opset: int | None = 
 
     def write(tmp: str) -> None:
         try:
-            with torch.no_grad(), spectral.real_valued():
+            with torch.no_grad(), spectral.real_valued(dft):
                 torch.onnx.export(net, (example,), tmp, dynamo=True, opset_version=opset, input_names=["mix"],
                                   output_names=["stems"], dynamic_shapes=({0: torch.export.Dim("batch")},),
                                   external_data=False, verbose=False, optimize=False)
