@@ -134,15 +134,19 @@ def _basis(n_fft: int, window: str, inverse: bool, like: Tensor) -> tuple[Tensor
             torch.as_tensor(win, dtype=like.dtype, device=like.device))
 
 
+def _centred(x: Tensor, n_fft: int, center: bool, pad_mode: str) -> Tensor:
+    """``(..., T)`` -> ``(M, 1, T')``: the signals, padded by ``n_fft // 2`` on both sides when ``center`` (as
+    :func:`torch.stft`)."""
+    if pad_mode not in ("constant", "reflect"):
+        raise ValueError(f"pad_mode must be 'constant' or 'reflect', got {pad_mode!r}")
+    sig = x.reshape(-1, 1, x.shape[-1])
+    return F_.pad(sig, (n_fft // 2, n_fft // 2), mode=pad_mode) if center else sig
+
+
 def _stft_real(x: Tensor, n_fft: int, hop_length: int, center: bool, pad_mode: str, normalized: bool,
                window: str) -> Tensor:
     """:func:`stft_pairs` by real-valued ops: ``(..., T)`` -> ``(..., F, N, 2)``."""
-    if pad_mode not in ("constant", "reflect"):
-        raise ValueError(f"pad_mode must be 'constant' or 'reflect', got {pad_mode!r}")
-    lead, length = x.shape[:-1], x.shape[-1]
-    frames = x.reshape(-1, 1, length)
-    if center:
-        frames = F_.pad(frames, (n_fft // 2, n_fft // 2), mode=pad_mode)
+    lead, frames = x.shape[:-1], _centred(x, n_fft, center, pad_mode)
     out = F_.conv1d(frames, _basis(n_fft, window, False, x)[0], stride=hop_length)  # M 2F N
     if normalized:
         out = out * n_fft ** -0.5
@@ -178,12 +182,7 @@ def _constant(array: np.ndarray, like: Tensor) -> Tensor:
 def _stft_fft(x: Tensor, n_fft: int, hop_length: int, center: bool, pad_mode: str, normalized: bool,
               window: str) -> Tensor:
     """:func:`stft_pairs` by ``unfold`` and :func:`torch.fft.rfft`: ``(..., T)`` -> ``(..., F, N, 2)``."""
-    if pad_mode not in ("constant", "reflect"):
-        raise ValueError(f"pad_mode must be 'constant' or 'reflect', got {pad_mode!r}")
-    lead, length = x.shape[:-1], x.shape[-1]
-    sig = x.reshape(-1, 1, length)
-    if center:
-        sig = F_.pad(sig, (n_fft // 2, n_fft // 2), mode=pad_mode)
+    lead, sig = x.shape[:-1], _centred(x, n_fft, center, pad_mode)
     frames = sig[:, 0].unfold(-1, n_fft, hop_length) * _constant(_np_window(window, n_fft), x)  # M N n_fft
     spec = torch.view_as_real(torch.fft.rfft(frames, dim=-1, norm="ortho" if normalized else "backward"))
     out = spec.transpose(1, 2)  # M F N 2
