@@ -62,7 +62,7 @@ def worker(method: str, folder: Path, seconds: float, threads: int) -> None:
     import torch
 
     import mss  # noqa: F401 -- mss's thread settings, as python -m mss.separate
-    from mss.audio.io import decode_audio, save_audio
+    from mss.audio.io import decode_audio, prevent_clip, save_audio
     from mss.checkpoint import load_model
     from mss.inference.overlap_add import apply_model
     from mss.separate import separate_file
@@ -80,7 +80,7 @@ def worker(method: str, folder: Path, seconds: float, threads: int) -> None:
             wav, rate = decode_audio(track)
             est = apply_model(net, wav)
             for source, stem in zip(net.sources, est):
-                save_audio(out / track.stem / f"{source}.wav", stem / max(1.01 * float(stem.abs().max()), 1.0), rate)
+                save_audio(out / track.stem / f"{source}.wav", prevent_clip(stem), rate)
     wall = time.perf_counter() - start
     print(json.dumps({"peak_mb": None if mem.peak is None else mem.peak / 2**20, "wall_s": wall}))
 

@@ -224,12 +224,12 @@ def decode_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     return decode_ffmpeg(path)
 
 
-def prevent_clip(wav: torch.Tensor, mode: str = "rescale") -> torch.Tensor:
+def prevent_clip(wav: torch.Tensor, mode: str = "rescale", peak: float | None = None) -> torch.Tensor:
     """Keep ``wav`` within [-1, 1] before writing (the Demucs reference's ``--clip-mode``): ``rescale`` divides the
     whole file by ``max(1.01 · peak, 1)`` (no change unless it would clip), ``clamp`` clips samples to ±0.99,
     ``tanh`` soft-clips, ``none`` leaves it (integer PCM then saturates at ±1, float WAV keeps the values)."""
-    if mode == "rescale":
-        return wav / max(1.01 * float(wav.abs().max()), 1.0)
+    if mode == "rescale":  # ``peak``: the whole file's, when ``wav`` is one block of it
+        return wav / max(1.01 * (float(wav.abs().max()) if peak is None else peak), 1.0)
     if mode == "clamp":
         return wav.clamp(-0.99, 0.99)
     if mode == "tanh":

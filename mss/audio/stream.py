@@ -199,7 +199,6 @@ class Spool:
         """Write the collected stem to ``path`` (:func:`mss.audio.io.write_blocks`) through ``clip``
         (:func:`mss.audio.io.prevent_clip`; ``rescale`` divides by ``max(1.01 · peak, 1)`` of the whole stem)."""
         self._file.close()
-        scale = max(1.01 * self.peak, 1.0)
 
         def blocks() -> Iterator[np.ndarray]:
             with open(self._spool, "rb") as f:
@@ -208,7 +207,7 @@ class Spool:
                     if data.size == 0:
                         return
                     wav = torch.from_numpy(data.reshape(-1, self.channels))
-                    yield (wav / scale if clip == "rescale" else prevent_clip(wav, clip)).numpy()
+                    yield prevent_clip(wav, clip, peak=self.peak).numpy()
 
         try:
             return write_blocks(self.path, blocks(), sample_rate, self.channels, subtype)
